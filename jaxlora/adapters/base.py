@@ -1,0 +1,216 @@
+"""The contract every adapter variant fulfils.
+
+An adapter variant is a module in ``jaxlora/adapters/`` that defines
+
+* a :class:`Variant` subclass, registered with :func:`register`, which knows how
+  to create the variant's parameters for a set of :class:`Target` matrices and
+  how to turn them, together with a frozen kernel, into an :class:`AdaptedKernel`;
+* an :class:`AdaptedKernel` subclass: a pytree node that holds the frozen kernel
+  ``K`` of shape ``(d_in, d_out)`` and whatever the variant needs to compute its
+  low-rank update, without ever forming ``K + s * delta``.
+
+Everything else (target matching, the factored and merged execution modes,
+merging, conversion to plain LoRA factors, parameter counting, serialisation)
+is written once in :mod:`jaxlora.adapters.core` against this contract, so a new
+variant is one new file plus its tests.
+
+Parameter trees handed to and returned by a variant are *flat* dicts keyed by a
+tuple path (``("encoder", "layer_0", "attention", "query")``) or, for variants
+that share parameters across layers, by any tuple the variant chooses (CondLoRA
+keys its shared maps by module type, ``("query",)``). The core turns them into
+nested dicts for users, optimisers and checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar, Mapping
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Path = tuple[str, ...]
+FlatTree = dict[Path, Any]
+
+
+class AdaptedKernel:
+    """A frozen kernel plus a low-rank update, kept apart.
+
+    Subclasses are ``flax.struct.dataclass`` pytrees with at least the fields
+    ``kernel`` (the frozen ``(d_in, d_out)`` matrix), ``scale`` and
+    ``dropout_rate`` (both static), and implement :meth:`factors`.
+
+    The project's :class:`jaxlora.nn.Dense` recognises these nodes and computes
+    ``x @ kernel + scale * lowrank(dropout(x))``.
+    """
+
+    kernel: Array
+    scale: float
+    dropout_rate: float
+
+    def factors(self) -> tuple[Array, Array]:
+        """The update as plain LoRA factors ``(a, b)``: ``delta == a @ b``."""
+        raise NotImplementedError
+
+    def lowrank(self, x: Array) -> Array:
+        """``x @ delta`` computed through the bottleneck (unscaled)."""
+        a, b = self.factors()
+        # No cast: a bf16 activation meets fp32 factors in fp32 (JAX promotion).
+        return (x @ a) @ b
+
+    def delta(self) -> Array:
+        """The dense ``(d_in, d_out)`` update, unscaled. Only for merging."""
+        a, b = self.factors()
+        return a @ b
+
+    def merged(self) -> Array:
+        """``K + s * delta`` in the kernel's dtype (accumulated in fp32)."""
+        k = self.kernel
+        full = k.astype(jnp.float32) + self.scale * self.delta().astype(jnp.float32)
+        return full.astype(k.dtype)
+
+    # Array-like conveniences so code that inspects a kernel keeps working.
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.kernel.shape
+
+    @property
+    def dtype(self):
+        return self.kernel.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.kernel.ndim
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One frozen matrix an adapter acts on.
+
+    Attributes:
+      path: path of the kernel's module in the parameter tree, without the
+        trailing ``"kernel"`` (e.g. ``("encoder", "layer_0", "attention", "query")``).
+      shape: ``(d_in, d_out)`` of the kernel.
+      dtype: dtype of the frozen kernel.
+      rank: rank for this matrix (after per-pattern overrides).
+      alpha: alpha for this matrix (after per-pattern overrides).
+      scale: ``alpha / rank`` or ``alpha / sqrt(rank)`` with rsLoRA.
+      group: module type (the module's own name, e.g. ``"query"``); variants
+        that share parameters across layers key them by it.
+    """
+
+    path: Path
+    shape: tuple[int, int]
+    dtype: Any
+    rank: int
+    alpha: float
+    scale: float
+    group: str
+
+    @property
+    def d_in(self) -> int:
+        return self.shape[0]
+
+    @property
+    def d_out(self) -> int:
+        return self.shape[1]
+
+
+class Variant:
+    """Base class of adapter variants. Subclass, set ``name``, :func:`register`.
+
+    Subclasses implement :meth:`init` and :meth:`node`; :meth:`check` may reject
+    targets the variant cannot handle, with a message that says how to fix it.
+    """
+
+    name: ClassVar[str] = ""
+
+    def check(self, targets: Mapping[Path, Target], config) -> None:
+        """Raise ``ValueError`` for targets this variant cannot adapt."""
+
+    def init(
+        self, rng: Array, targets: Mapping[Path, Target], config
+    ) -> tuple[FlatTree, FlatTree]:
+        """Returns ``(trainable, fixed)`` flat trees of fp32 arrays.
+
+        ``fixed`` holds frozen parameters that belong to the adapter (B-only's
+        random ``a``): saved with it, never trained.
+        """
+        raise NotImplementedError
+
+    def node(
+        self,
+        target: Target,
+        kernel: Array,
+        trainable: FlatTree,
+        fixed: FlatTree,
+        config,
+    ) -> AdaptedKernel:
+        """The factored node for one target, reading its parameters from the trees."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, Variant] = {}
+
+
+def register(variant_cls: type[Variant]) -> type[Variant]:
+    """Class decorator: make a variant available by its ``name``."""
+    if not variant_cls.name:
+        raise ValueError(f"{variant_cls.__name__} must set a non-empty `name`.")
+    _REGISTRY[variant_cls.name] = variant_cls()
+    return variant_cls
+
+
+def get_variant(name: str) -> Variant:
+    """The registered variant called ``name``; unknown names list the known ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "(none registered)"
+        raise ValueError(f"Unknown adapter variant {name!r}; known variants: {known}.") from None
+
+
+def registered_variants() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+# ---------------------------------------------------------------------------
+# Initialisers shared by several variants.
+
+
+def kaiming_uniform(rng: Array, shape: tuple[int, ...], fan_in: int) -> Array:
+    """PyTorch's ``kaiming_uniform_(a=sqrt(5))``: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+
+    >>> a = kaiming_uniform(jax.random.key(0), (768, 8), fan_in=768)
+    """
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(rng, shape, jnp.float32, -bound, bound)
+
+
+def random_orthonormal(rng: Array, rows: int, cols: int) -> Array:
+    """A Haar-random ``(rows, cols)`` matrix with orthonormal columns (``rows >= cols``).
+
+    QR of a Gaussian with the signs of R's diagonal fixed, which makes the
+    distribution exactly Haar.
+
+    >>> q = random_orthonormal(jax.random.key(0), 16, 4)   # q.T @ q == I
+    """
+    if cols > rows:
+        raise ValueError(f"cannot draw {cols} orthonormal columns in dimension {rows}")
+    g = jax.random.normal(rng, (rows, cols), jnp.float32)
+    q, r = jnp.linalg.qr(g)
+    signs = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0)
+    return q * signs[None, :]
+
+
+def path_rng(rng: Array, path: Path) -> Array:
+    """A key for one target derived from its path, so a target's init does not
+    depend on which other targets exist."""
+    data = "/".join(path).encode()
+    # FNV-1a, 31 bits: stable across processes (unlike hash()).
+    h = 2166136261
+    for byte in data:
+        h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
+    return jax.random.fold_in(rng, h & 0x7FFFFFFF)

@@ -1,0 +1,117 @@
+"""``AdapterConfig``: everything that defines an adapter except its numbers.
+
+The config is a frozen, hashable dataclass, so it can be a static argument of
+``jax.jit`` and a key of caches. Mappings given by users (``rank_pattern``,
+``alpha_pattern``) are stored as sorted tuples of pairs for that reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Sequence
+
+ALL_LINEAR = "all-linear"
+
+
+def _as_pairs(value: Mapping[str, Any] | Sequence[tuple[str, Any]] | None) -> tuple[tuple[str, Any], ...]:
+    if value is None:
+        return ()
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple(sorted((str(k), v) for k, v in items))
+
+
+def _as_names(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(v) for v in value)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+    """What an adapter is: variant, where it goes, its rank and scale.
+
+    Attributes:
+      variant: ``"lora"``, ``"bonly"``, ``"aonly"``, ``"condlora"``, ``"mtlora"``
+        (or any registered variant).
+      rank: rank ``r`` of every adapted matrix (see ``rank_pattern``).
+      alpha: scale numerator; the scale is ``alpha / r`` (``alpha / sqrt(r)``
+        with ``rslora``).
+      targets: module patterns to adapt. A plain name matches modules whose
+        path ends with it (``"query"``, ``"attention/query"``); ``"re:<regex>"``
+        is searched in the ``/``-joined module path; ``"all-linear"`` adapts
+        every 2-D ``kernel`` not excluded.
+      exclude: patterns never adapted (heads, by default).
+      trainable: patterns of parameter leaves trained in full (a classifier
+        head, biases): matched against the ``/``-joined *leaf* path.
+      rank_pattern, alpha_pattern: per-pattern overrides, ``{pattern: value}``;
+        the first matching pattern (in sorted order) wins.
+      dropout: dropout rate on the low-rank input (factored mode, training only).
+      rslora: scale by ``alpha / sqrt(r)`` instead of ``alpha / r``.
+      structure: MTLoRA's transform: ``"shim"``, ``"icfm"``, ``"ctcm"``, ``"dtsm"``.
+      mtlora_init: MTLoRA's init: ``"kaiming"`` (official code) or ``"identity"`` (T = I).
+      rectangular: CondLoRA only: allow non-square kernels with the documented
+        rectangular extension (not in the paper).
+
+    Example::
+
+      cfg = AdapterConfig("lora", rank=8, alpha=16, targets=("query", "value"),
+                          trainable=("classifier",))
+    """
+
+    variant: str = "lora"
+    rank: int = 8
+    alpha: float = 8.0
+    targets: tuple[str, ...] | str = ("query", "value")
+    exclude: tuple[str, ...] = ("classifier", "lm_head", "score")
+    trainable: tuple[str, ...] = ()
+    rank_pattern: tuple[tuple[str, int], ...] = ()
+    alpha_pattern: tuple[tuple[str, float], ...] = ()
+    dropout: float = 0.0
+    rslora: bool = False
+    structure: str = "shim"
+    mtlora_init: str = "kaiming"
+    rectangular: bool = False
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
+        targets = self.targets
+        set_("targets", ALL_LINEAR if targets == ALL_LINEAR or targets == (ALL_LINEAR,) else _as_names(targets))
+        set_("exclude", _as_names(self.exclude))
+        set_("trainable", _as_names(self.trainable))
+        set_("rank_pattern", _as_pairs(self.rank_pattern))
+        set_("alpha_pattern", _as_pairs(self.alpha_pattern))
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"rank must be a positive integer, got {self.rank!r}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}.")
+        if not self.targets:
+            raise ValueError("targets is empty: name the modules to adapt, e.g. ('query', 'value') or 'all-linear'.")
+
+    def replace(self, **changes) -> "AdapterConfig":
+        """A copy with some fields changed: ``cfg.replace(rank=16)``."""
+        return dataclasses.replace(self, **changes)
+
+    def scale_for(self, rank: int, alpha: float) -> float:
+        return alpha / math.sqrt(rank) if self.rslora else alpha / rank
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict; ``AdapterConfig.from_dict`` reverses it."""
+        d = dataclasses.asdict(self)
+        d["targets"] = self.targets if isinstance(self.targets, str) else list(self.targets)
+        for k in ("exclude", "trainable"):
+            d[k] = list(d[k])
+        d["rank_pattern"] = dict(self.rank_pattern)
+        d["alpha_pattern"] = dict(self.alpha_pattern)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AdapterConfig":
+        """Rebuild from :meth:`to_dict`; unknown keys are an error that names them."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ValueError(f"Unknown AdapterConfig fields {unknown}; known fields: {sorted(fields)}.")
+        return cls(**d)

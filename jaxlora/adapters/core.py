@@ -1,0 +1,299 @@
+"""Adapters as pure transforms of a frozen parameter tree.
+
+The whole library rests on one idea: an adapter is a small pytree of its own,
+and adapting a model is a function of two trees,
+
+    params = apply(frozen, adapter, config, mode)
+    logits = model.apply({"params": params}, batch)
+
+so ``jax.grad`` is taken with respect to ``adapter.trainable`` alone; the frozen
+tree is a constant, never differentiated, never copied into optimiser state or
+checkpoints.
+
+Modes:
+
+* ``"factored"`` puts an :class:`~jaxlora.adapters.base.AdaptedKernel` node where
+  each targeted kernel was. :class:`jaxlora.nn.Dense` computes
+  ``x @ K + s * lowrank(dropout(x))`` from it: ``K + s * delta`` is never formed.
+* ``"merged"`` puts the plain array ``K + s * delta`` there, so any model made of
+  arrays (any Flax Linen/NNX model, any pytree-of-arrays function) runs unchanged.
+  Low-rank dropout does not exist in this mode.
+
+An :class:`Adapter` keeps three kinds of parameters apart:
+
+* ``trainable["lowrank"]``: the variant's trained parameters;
+* ``trainable["full"]``: frozen leaves the user chose to train in full (a head);
+* ``fixed``: frozen but part of the adapter (B-only's random ``a``), saved with it.
+
+Example::
+
+    cfg = jaxlora.AdapterConfig("lora", rank=8, alpha=16, targets=("query", "value"))
+    adapter = jaxlora.init(jax.random.key(0), frozen, cfg)
+
+    def loss_fn(trainable):
+        params = jaxlora.apply(frozen, adapter._replace(trainable=trainable), cfg)
+        return loss(model.apply({"params": params}, batch))
+
+    grads = jax.grad(loss_fn)(adapter.trainable)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlora.adapters.base import FlatTree, Path, Target, get_variant
+from jaxlora.adapters.config import AdapterConfig
+from jaxlora.adapters.targets import find_targets, find_trainable_leaves, flatten, join, unflatten
+
+MODES = ("factored", "merged")
+
+
+class Adapter(NamedTuple):
+    """An adapter's numbers. ``trainable = {"lowrank": ..., "full": ...}``; ``fixed`` is frozen."""
+
+    trainable: dict
+    fixed: dict
+
+
+class LoraFactors(NamedTuple):
+    """A variant's update for one matrix as plain LoRA: ``delta = scale * a @ b``."""
+
+    a: jax.Array  # (d_in, r)
+    b: jax.Array  # (r, d_out)
+    scale: float
+
+
+# ---------------------------------------------------------------------------
+# Flat <-> nested for variant trees: variants speak {path: {name: array}}.
+
+
+def _nest(tree: Mapping[Path, Mapping[str, Any]]) -> dict:
+    return unflatten({path + (name,): leaf for path, leaves in tree.items() for name, leaf in leaves.items()})
+
+
+def _group(nested: Mapping) -> FlatTree:
+    grouped: dict[Path, dict[str, Any]] = {}
+    for path, leaf in flatten(nested).items():
+        grouped.setdefault(path[:-1], {})[path[-1]] = leaf
+    return grouped
+
+
+# ---------------------------------------------------------------------------
+# Public API
+
+
+def init(rng: jax.Array, frozen: Mapping, config: AdapterConfig) -> Adapter:
+    """Create an adapter for ``frozen`` (the model's plain ``params`` collection).
+
+    Raises a ``ValueError`` that says how to fix it when a pattern matches nothing,
+    a rank is too large, or the variant cannot adapt a matched matrix.
+
+    >>> adapter = jaxlora.init(jax.random.key(0), frozen, AdapterConfig("lora", rank=8))
+    """
+    flat = flatten(frozen)
+    targets = find_targets(flat, config)
+    variant = get_variant(config.variant)
+    variant.check(targets, config)
+    lowrank, fixed = variant.init(rng, targets, config)
+    full = {p: jnp.asarray(flat[p], jnp.float32) for p in find_trainable_leaves(flat, config, targets)}
+    return Adapter(trainable={"lowrank": _nest(lowrank), "full": unflatten(full)}, fixed=_nest(fixed))
+
+
+def apply(frozen: Mapping, adapter: Adapter, config: AdapterConfig, mode: str = "factored") -> dict:
+    """Params the model can use: ``frozen`` with ``adapter`` applied.
+
+    Args:
+      frozen: the model's plain ``params`` tree (arrays; may be bf16).
+      adapter: from :func:`init` (its ``trainable`` may be replaced by the tree
+        being differentiated).
+      config: the adapter's config.
+      mode: ``"factored"`` (low-rank nodes for :class:`jaxlora.nn.Dense`) or
+        ``"merged"`` (plain arrays, any model).
+
+    >>> params = jaxlora.apply(frozen, adapter, cfg, mode="merged")
+    >>> logits = model.apply({"params": params}, input_ids)
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    flat = flatten(frozen)
+    for path, node in _nodes(flat, adapter, config).items():
+        flat[path + ("kernel",)] = node if mode == "factored" else node.merged()
+    for path, leaf in flatten(adapter.trainable.get("full", {})).items():
+        if path not in flat:
+            raise ValueError(f"Adapter trains {join(path)!r} in full, but the frozen params have no such leaf.")
+        flat[path] = leaf.astype(jnp.result_type(flat[path]))
+    return unflatten(flat)
+
+
+def merge(frozen: Mapping, adapter: Adapter, config: AdapterConfig) -> dict:
+    """Frozen params with the adapter folded in: plain arrays, for inference or export.
+
+    >>> merged = jaxlora.merge(frozen, adapter, cfg)
+    """
+    return apply(frozen, adapter, config, mode="merged")
+
+
+def unmerge(merged: Mapping, adapter: Adapter, config: AdapterConfig, *, max_iters: int = 100, tol: float = 1e-7) -> dict:
+    """Recover the frozen params from :func:`merge`'s output.
+
+    Most variants' update does not depend on ``K`` and one subtraction is exact.
+    CondLoRA's does (its factors are computed from ``K``), so ``K`` is found as
+    the fixed point of ``K = M - s * delta(K)``; an error says so if that does not
+    converge (then keep the frozen params instead of unmerging). Leaves trained
+    in full have no frozen original to go back to and keep their trained values.
+
+    >>> frozen_again = jaxlora.unmerge(jaxlora.merge(frozen, adapter, cfg), adapter, cfg)
+    """
+    flat = flatten(merged)
+    result = dict(flat)
+    for path, node in _nodes(flat, adapter, config).items():
+        m = jnp.asarray(flat[path + ("kernel",)], jnp.float32)
+        k = m
+        for _ in range(max_iters):
+            new_k = m - node.scale * node.replace(kernel=k).delta().astype(jnp.float32)
+            change = float(jnp.max(jnp.abs(new_k - k)))
+            k = new_k
+            if change <= tol * max(1.0, float(jnp.max(jnp.abs(m)))):
+                break
+        else:
+            raise ValueError(
+                f"unmerge did not converge for {join(path)!r}: this variant's update depends on the "
+                f"frozen weight and is too large to invert by iteration. Keep the frozen params."
+            )
+        result[path + ("kernel",)] = k.astype(jnp.result_type(flat[path + ("kernel",)]))
+    return unflatten(result)
+
+
+def to_lora_factors(frozen: Mapping, adapter: Adapter, config: AdapterConfig) -> dict[Path, LoraFactors]:
+    """Every adapted matrix as plain LoRA factors: ``{module_path: LoraFactors(a, b, scale)}``.
+
+    CondLoRA's factors are computed per layer from its frozen weight; MTLoRA's
+    ``T`` is folded into ``a``. ``scale * a @ b`` equals the variant's own update.
+
+    >>> factors = jaxlora.to_lora_factors(frozen, adapter, cfg)
+    """
+    nodes = _nodes(flatten(frozen), adapter, config)
+    return {path: LoraFactors(*node.factors(), node.scale) for path, node in nodes.items()}
+
+
+class ParamCount(NamedTuple):
+    """Parameter counts of an adapter (and the frozen model when given)."""
+
+    lowrank: int
+    full: int
+    fixed: int
+    frozen: int | None = None
+
+    @property
+    def trainable(self) -> int:
+        return self.lowrank + self.full
+
+
+def _size(tree) -> int:
+    return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+
+
+def count_params(adapter: Adapter, frozen: Mapping | None = None) -> ParamCount:
+    """Trainable (low-rank and full), fixed, and (optionally) frozen parameter counts.
+
+    >>> jaxlora.count_params(adapter).lowrank   # CondLoRA, RoBERTa-base q,v, r=8: 24576
+    """
+    return ParamCount(
+        lowrank=_size(adapter.trainable.get("lowrank", {})),
+        full=_size(adapter.trainable.get("full", {})),
+        fixed=_size(adapter.fixed),
+        frozen=None if frozen is None else _size(frozen),
+    )
+
+
+def param_table(frozen: Mapping, adapter: Adapter, config: AdapterConfig) -> str:
+    """A readable table of what the adapter trains, by module type.
+
+    >>> print(jaxlora.param_table(frozen, adapter, cfg))
+    """
+    targets = find_targets(flatten(frozen), config)
+    lowrank = _group(adapter.trainable.get("lowrank", {}))
+    fixed = _group(adapter.fixed)
+    rows: dict[str, list] = {}
+    for path, t in targets.items():
+        row = rows.setdefault(t.group, [0, set(), set(), 0, 0])
+        row[0] += 1
+        row[1].add(t.shape)
+        row[2].add(t.rank)
+    # Parameters are attributed by the group their tree key belongs to, so shared
+    # parameters (CondLoRA) count once.
+    for tree, col in ((lowrank, 3), (fixed, 4)):
+        for key, leaves in tree.items():
+            group = key[-1]
+            if group in rows:
+                rows[group][col] += sum(int(np.size(v)) for v in leaves.values())
+    count = count_params(adapter, frozen)
+    lines = [
+        f"adapter {config.variant!r}" + (f" ({config.structure})" if config.variant == "mtlora" else ""),
+        f"{'module':<16}{'matrices':>9}  {'shape (in, out)':<18}{'rank':>6}{'trainable':>12}{'fixed':>10}",
+    ]
+    for group, (n, shapes, ranks, tr, fx) in sorted(rows.items()):
+        shape = ",".join(f"{a}x{b}" for a, b in sorted(shapes))
+        rank = ",".join(str(r) for r in sorted(ranks))
+        lines.append(f"{group:<16}{n:>9}  {shape:<18}{rank:>6}{tr:>12,}{fx:>10,}")
+    lines.append(f"{'trained in full':<16}{'':>9}  {'':<18}{'':>6}{count.full:>12,}{'':>10}")
+    pct = 100.0 * count.trainable / count.frozen if count.frozen else 0.0
+    lines.append(f"total trainable {count.trainable:,} of {count.frozen:,} frozen ({pct:.3f}%); fixed {count.fixed:,}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Internals
+
+
+def _nodes(flat: Mapping[Path, Any], adapter: Adapter, config: AdapterConfig) -> dict:
+    """The factored node of every target, after checking the adapter fits."""
+    targets = find_targets(flat, config)
+    variant = get_variant(config.variant)
+    lowrank = _group(adapter.trainable.get("lowrank", {}))
+    fixed = _group(adapter.fixed)
+    _check_fits(variant, targets, config, lowrank, fixed)
+    return {
+        path: variant.node(t, flat[path + ("kernel",)], lowrank, fixed, config)
+        for path, t in targets.items()
+    }
+
+
+@functools.lru_cache(maxsize=64)
+def _expected_shapes(variant_name: str, target_key: tuple, config: AdapterConfig):
+    targets = {t.path: t for t in target_key}
+    variant = get_variant(variant_name)
+    shapes = jax.eval_shape(lambda: variant.init(jax.random.key(0), targets, config))
+    return tuple(
+        {(p, n): tuple(v.shape) for p, leaves in tree.items() for n, v in leaves.items()} for tree in shapes
+    )
+
+
+def _check_fits(variant, targets: Mapping[Path, Target], config, lowrank: FlatTree, fixed: FlatTree) -> None:
+    key = tuple(sorted(targets.values(), key=lambda t: t.path))
+    expected = _expected_shapes(variant.name, key, config)
+    for what, exp, tree in (("trainable", expected[0], lowrank), ("fixed", expected[1], fixed)):
+        got = {(p, n): tuple(np.shape(v)) for p, leaves in tree.items() for n, v in leaves.items()}
+        if got == exp:
+            continue
+        missing = sorted(join(p + (n,)) for p, n in set(exp) - set(got))
+        extra = sorted(join(p + (n,)) for p, n in set(got) - set(exp))
+        wrong = sorted(
+            f"{join(p + (n,))}: adapter {got[p, n]} vs expected {exp[p, n]}"
+            for p, n in set(exp) & set(got)
+            if got[p, n] != exp[p, n]
+        )
+        detail = "".join(
+            f"\n  {label}: {items[:8]}{' ...' if len(items) > 8 else ''}"
+            for label, items in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong))
+            if items
+        )
+        raise ValueError(
+            f"The {config.variant!r} adapter's {what} parameters do not fit these frozen params and "
+            f"config (was it made for another model, rank or target list?):{detail}"
+        )

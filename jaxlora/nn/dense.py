@@ -1,0 +1,98 @@
+"""A Linen dense layer that runs factored adapters.
+
+:class:`Dense` behaves like ``flax.linen.Dense`` on a plain kernel. When the
+kernel it finds in its params is an :class:`~jaxlora.adapters.base.AdaptedKernel`
+(what ``jaxlora.apply(..., mode="factored")`` puts there), it computes
+
+    y = x @ K + s * lowrank(dropout(x)) + bias
+
+so the update ``K + s * delta`` is never formed and no gradient of ``K`` is ever
+built: ``jax.grad`` with respect to the adapter sees only the bottleneck.
+
+Why not ``self.param``: Linen's ``param`` checks an existing value's leaves
+against the shape its init function would produce, which a node holding ``K``
+and its factors fails. So the kernel is read with ``get_variable`` when it
+exists and created with ``param`` only at init time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxlora.adapters.base import AdaptedKernel
+
+Array = jax.Array
+
+
+def read_param(module: nn.Module, name: str, init_fn: Callable, *init_args) -> Any:
+    """Read param ``name`` as stored (adapter nodes included), creating it at init.
+
+    >>> kernel = read_param(self, "kernel", nn.initializers.lecun_normal(), (4, 8))
+    """
+    if module.has_variable("params", name):
+        return module.get_variable("params", name)
+    return module.param(name, init_fn, *init_args)
+
+
+def lowrank_dropout(x: Array, rate: float, rng: Array) -> Array:
+    """Inverted dropout on the low-rank input only."""
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class Dense(nn.Module):
+    """``y = x @ kernel + bias``, with factored adapters when the kernel is a node.
+
+    Attributes:
+      features: output size.
+      use_bias: whether to add a bias.
+      dtype: computation dtype (``None``: inferred from inputs and params).
+      param_dtype: dtype of freshly initialised params.
+      kernel_init, bias_init: initialisers used at ``init`` time.
+      kernel_axes: logical axis names of the kernel, ``(in, out)``, so the
+        training program can map it onto a device mesh.
+
+    Example::
+
+      layer = Dense(8, kernel_axes=("embed", "mlp"))
+      params = layer.init(jax.random.key(0), jnp.ones((2, 4)))["params"]
+      y = layer.apply({"params": params}, jnp.ones((2, 4)))
+    """
+
+    features: int
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros_init()
+    kernel_axes: Sequence[str | None] = (None, None)
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+        init = nn.with_logical_partitioning(self.kernel_init, tuple(self.kernel_axes))
+        kernel = read_param(self, "kernel", init, (x.shape[-1], self.features), self.param_dtype)
+        kernel = nn.unbox(kernel) if isinstance(kernel, nn.Partitioned) else kernel
+        bias = None
+        if self.use_bias:
+            b_init = nn.with_logical_partitioning(self.bias_init, (self.kernel_axes[-1],))
+            bias = nn.unbox(read_param(self, "bias", b_init, (self.features,), self.param_dtype))
+
+        adapted = kernel if isinstance(kernel, AdaptedKernel) else None
+        frozen = adapted.kernel if adapted is not None else kernel
+        dtype = self.dtype or jnp.result_type(x.dtype, frozen.dtype)
+        x = x.astype(dtype)
+        y = jnp.matmul(x, frozen.astype(dtype))
+
+        if adapted is not None:
+            h = x
+            if adapted.dropout_rate > 0.0 and not deterministic:
+                h = lowrank_dropout(x, adapted.dropout_rate, self.make_rng("dropout"))
+            y = y + (adapted.scale * adapted.lowrank(h)).astype(dtype)
+
+        if bias is not None:
+            y = y + bias.astype(dtype)
+        return y
