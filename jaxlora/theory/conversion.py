@@ -1,0 +1,220 @@
+"""CondLoRA's conversion matrices: how alike are the LoRA factors of different layers?
+
+For a layer with frozen weight ``W0`` (PyTorch layout ``(d_out, d_in)``, i.e. ``W0 = K.T`` for a
+Flax kernel ``K``) and trained LoRA factors ``A`` ``(r, d_in)`` and ``B`` ``(d_out, r)`` (PEFT's
+``lora_A.weight`` and ``lora_B.weight``; in kernel layout ``a = A.T``, ``b = B.T``), Kim et al.
+define the conversion matrices
+
+    C_A = W0^{-1} A^T,      C_B = W0^{-1} B         (both (d, r), W0 square)
+
+which map the frozen weight to its LoRA factors (``A^T = W0 C_A``). If one linear map could produce
+every layer's factors from its weight, the ``C``'s of different layers would span similar subspaces.
+The analysis compares every pair of layers with the subspace similarity ``phi(i=j=r)``
+(:mod:`jaxlora.theory.subspace`) against random Gaussian matrices of the same shape as the baseline.
+For CondLoRA itself ``a_l = K_l.T theta_A.T`` and ``b_l = theta_B K_l``, so ``C_A = theta_A^T`` and
+``C_B = theta_B^T`` in every layer.
+
+Everything takes plain arrays: ``conversion_matrices(kernel, a, b)`` for one layer and
+:func:`conversion_from_factors` for the ``{module_path: LoraFactors(a, b, scale)}`` mapping that
+``jaxlora.to_lora_factors`` returns.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping, NamedTuple, Optional, Sequence
+
+import numpy as np
+import scipy.linalg
+
+from jaxlora.theory import subspace
+
+__all__ = [
+    "ConversionMatrices",
+    "conversion_matrices",
+    "conversion_from_factors",
+    "group_by_module",
+    "layer_similarity",
+    "random_similarity",
+    "paired_similarity",
+    "plot_similarity_heatmaps",
+]
+
+
+class ConversionMatrices(NamedTuple):
+    """``c_a = W0^{-1} A^T`` and ``c_b = W0^{-1} B``, both ``(d, r)``."""
+
+    c_a: np.ndarray
+    c_b: np.ndarray
+
+
+def conversion_matrices(kernel: np.ndarray, a: np.ndarray, b: np.ndarray) -> ConversionMatrices:
+    """Conversion matrices of one layer from its Flax kernel ``K`` ``(d_in, d_out)`` and kernel-layout
+    LoRA factors ``a`` ``(d_in, r)``, ``b`` ``(r, d_out)``.
+
+    ``W0 = K.T``, ``A^T = a`` and ``B = b.T``, so ``C_A = solve(K.T, a)`` and ``C_B = solve(K.T, b.T)``.
+
+    Example:
+      >>> k = np.diag([2.0, 4.0])
+      >>> conversion_matrices(k, a=np.array([[2.0], [0.0]]), b=np.array([[0.0, 4.0]])).c_b
+      array([[0.],
+             [1.]])
+    """
+    kernel = np.asarray(kernel, np.float64)
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1]:
+        raise ValueError(
+            f"Conversion matrices need a square frozen kernel (W0^{{-1}} must exist); got shape {kernel.shape}. "
+            "Restrict the analysis to square modules such as attention query/value.")
+    d = kernel.shape[0]
+    if a.ndim != 2 or a.shape[0] != d or b.ndim != 2 or b.shape[1] != d or a.shape[1] != b.shape[0]:
+        raise ValueError(
+            f"Expected kernel-layout factors a: ({d}, r) and b: (r, {d}) for a ({d}, {d}) kernel; got "
+            f"a {a.shape} and b {b.shape}. (PEFT's lora_A.weight is a.T and lora_B.weight is b.T.)")
+    w0 = kernel.T
+    return ConversionMatrices(scipy.linalg.solve(w0, a), scipy.linalg.solve(w0, b.T))
+
+
+def _lookup_kernel(frozen: Mapping, path: Sequence[str]) -> np.ndarray:
+    node = frozen
+    for name in path:
+        if not isinstance(node, Mapping) or name not in node:
+            raise KeyError(f"Module path {'/'.join(path)!r} not found in the frozen parameters "
+                           f"(missing {name!r}); pass the plain params dict the adapter was made for.")
+        node = node[name]
+    if isinstance(node, Mapping):
+        node = node.get("kernel")
+    if node is None:
+        raise KeyError(f"No 'kernel' under module {'/'.join(path)!r} in the frozen parameters.")
+    return np.asarray(node)
+
+
+def conversion_from_factors(frozen: Mapping, factors: Mapping) -> dict:
+    """``{module_path: ConversionMatrices}`` for every square module in ``factors``.
+
+    Args:
+      frozen: the plain nested params dict (``frozen[...path...]["kernel"]`` is ``(d_in, d_out)``).
+      factors: ``{module_path_tuple: obj}`` where ``obj`` has ``.a`` ``(d_in, r)`` and ``.b``
+        ``(r, d_out)``, e.g. the output of ``jaxlora.to_lora_factors(frozen, adapter, cfg)``.
+        Non-square modules are skipped (their ``W0`` has no inverse).
+
+    Example:
+      >>> from types import SimpleNamespace
+      >>> frozen = {"layer_0": {"query": {"kernel": np.eye(2)}}}
+      >>> f = {("layer_0", "query"): SimpleNamespace(a=np.ones((2, 1)), b=np.ones((1, 2)))}
+      >>> list(conversion_from_factors(frozen, f))
+      [('layer_0', 'query')]
+    """
+    result = {}
+    for path, factor in factors.items():
+        path = tuple(path.split("/")) if isinstance(path, str) else tuple(path)
+        kernel = _lookup_kernel(frozen, path)
+        if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1]:
+            continue
+        result[path] = conversion_matrices(kernel, np.asarray(factor.a), np.asarray(factor.b))
+    if not result:
+        raise ValueError("No square module among the given factors; conversion matrices need d_in == d_out.")
+    return result
+
+
+_LAYER_PATTERN = re.compile(r"(?:^|[_.])(\d+)$")
+
+
+def _layer_index(path: Sequence[str]) -> int:
+    for name in path:
+        if name.isdigit():
+            return int(name)
+        match = _LAYER_PATTERN.search(name)
+        if match and ("layer" in name or name.startswith("h_") or name.startswith("block")):
+            return int(match.group(1))
+    raise ValueError(
+        f"Cannot find a layer index in module path {'/'.join(path)!r}; expected a part like 'layer_3' or '3'.")
+
+
+def group_by_module(conversions: Mapping) -> dict:
+    """Groups per-path results by module type (the path's last name), ordered by layer index.
+
+    Returns ``{module_type: [(layer_index, value), ...]}``.
+
+    Example:
+      >>> group_by_module({("layer_1", "query"): "q1", ("layer_0", "query"): "q0", ("layer_0", "value"): "v0"})
+      {'query': [(0, 'q0'), (1, 'q1')], 'value': [(0, 'v0')]}
+    """
+    groups: dict = {}
+    for path, value in conversions.items():
+        path = tuple(path.split("/")) if isinstance(path, str) else tuple(path)
+        groups.setdefault(path[-1], []).append((_layer_index(path), value))
+    return {name: sorted(items, key=lambda item: item[0]) for name, items in sorted(groups.items())}
+
+
+def layer_similarity(matrices: Sequence[np.ndarray], rank: Optional[int] = None) -> np.ndarray:
+    """Layer x layer ``phi(C_p, C_q, i=rank, j=rank)`` (``rank`` defaults to the matrices' column count).
+
+    Example:
+      >>> rng = np.random.default_rng(0)
+      >>> layer_similarity([rng.normal(size=(16, 8))] * 2)
+      array([[1., 1.],
+             [1., 1.]])
+    """
+    return subspace.similarity_matrix(list(matrices), i=rank, j=rank)
+
+
+def random_similarity(num_layers: int, shape: tuple, rank: Optional[int] = None, seed: int = 0) -> np.ndarray:
+    """The baseline: :func:`layer_similarity` of ``num_layers`` independent ``N(0, 1)`` matrices of ``shape``.
+
+    Example:
+      >>> s = random_similarity(3, (768, 8))
+      >>> bool(s[0, 1] < 0.05)
+      True
+    """
+    rng = np.random.default_rng(seed)
+    return layer_similarity([rng.normal(size=shape) for _ in range(num_layers)], rank)
+
+
+def paired_similarity(first: Sequence[np.ndarray], second: Sequence[np.ndarray], rank: Optional[int] = None) -> np.ndarray:
+    """Per-layer ``phi(first[l], second[l], rank, rank)``, e.g. LoRA's against CondLoRA's ``C_A`` (Table 3).
+
+    Example:
+      >>> x = np.eye(4)[:, :2]
+      >>> paired_similarity([x, x], [x, np.eye(4)[:, 2:]])
+      array([1., 0.])
+    """
+    if len(first) != len(second):
+        raise ValueError(f"Need one matrix per layer on both sides; got {len(first)} and {len(second)}.")
+    return np.array([subspace.subspace_similarity(p, q, rank, rank) for p, q in zip(first, second)])
+
+
+def plot_similarity_heatmaps(panels: Mapping[str, np.ndarray], path: str, layer_labels: Optional[Sequence] = None,
+                             title: Optional[str] = None) -> str:
+    """Writes one heat map per ``{panel_title: layer x layer matrix}`` side by side to ``path`` (PNG).
+
+    Example:
+      >>> import os, tempfile
+      >>> out = plot_similarity_heatmaps({"random": np.eye(3)}, os.path.join(tempfile.mkdtemp(), "h.png"))
+      >>> os.path.exists(out)
+      True
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not panels:
+        raise ValueError("plot_similarity_heatmaps needs at least one panel.")
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.8, 3.6), squeeze=False)
+    image = None
+    for axis, (name, matrix) in zip(axes[0], panels.items()):
+        matrix = np.asarray(matrix)
+        image = axis.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
+        axis.set_title(name, fontsize=9)
+        labels = layer_labels if layer_labels is not None else range(matrix.shape[0])
+        axis.set_xticks(range(matrix.shape[1]), [str(v) for v in labels][:matrix.shape[1]], fontsize=7)
+        axis.set_yticks(range(matrix.shape[0]), [str(v) for v in labels][:matrix.shape[0]], fontsize=7)
+        axis.set_xlabel("layer")
+        axis.set_ylabel("layer")
+    fig.colorbar(image, ax=list(axes[0]), fraction=0.046, pad=0.04, label="phi")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
