@@ -1,0 +1,45 @@
+"""GLUE data for jaxlora: task registry, file/hub readers, the CondLoRA split, tokenization and batching.
+
+Typical use (offline, from local GLUE files)::
+
+    from jaxlora import data
+    splits = data.protocol_splits("sst2", data_dir=os.environ["GLUE_DIR"])   # train / validation / test
+    train = data.tokenize(splits.train, tokenizer, max_length=128, name="sst2-train")
+    for batch, loader_state in data.iterate(train, data.LoaderState(seed=0), batch_size=16):
+        ...
+"""
+
+from jaxlora.data.batching import (
+    BATCH_KEYS,
+    LoaderState,
+    TokenizedDataset,
+    bucket_lengths,
+    default_cache_dir,
+    epoch_order,
+    iterate,
+    iterate_eval,
+    make_batch,
+    padded_length,
+    select,
+    steps_per_epoch,
+    tokenize,
+    tokenizer_fingerprint,
+)
+from jaxlora.data.glue import (
+    HUB_PATH,
+    TASKS,
+    GlueSplits,
+    GlueTask,
+    Split,
+    find_split_file,
+    get_task,
+    hub_offline_reason,
+    load_hub_split,
+    load_split,
+    protocol_splits,
+    read_file,
+    read_split,
+    split_train_validation,
+    take,
+    task_names,
+)
