@@ -1,0 +1,154 @@
+"""Building blocks shared by jaxlora's Linen models.
+
+The models mirror transformers' PyTorch modules one to one, so that a
+checkpoint's tensors land in the same place and the numbers agree to float32
+rounding. What is shared lives here:
+
+* :func:`padding_bias` / :func:`causal_padding_bias`: the attention mask as an
+  *additive* bias, built once per forward pass and reused by every layer.
+* :func:`dot_product_attention`: one softmax attention over ``(batch, length,
+  heads, head_dim)`` tensors, the layout the projections produce, so no head
+  transposes are written by hand; grouped-query attention reshapes the query
+  heads into groups instead of repeating keys and values.
+* :func:`activation`: transformers' activation names mapped to JAX functions.
+* logical-axis aware initialisers for embeddings and layer norms.
+
+Masked scores get ``finfo(float32).min`` added, as transformers' eager path
+does: a row whose keys are all masked (left padding under a causal mask)
+becomes a uniform softmax instead of NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    """The JAX function for a transformers ``hidden_act`` name.
+
+    >>> activation("gelu")(jnp.zeros(3))
+    Array([0., 0., 0.], dtype=float32)
+    """
+    table = {
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+        "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+        "relu": jax.nn.relu,
+        "silu": jax.nn.silu,
+        "swish": jax.nn.silu,
+        "tanh": jnp.tanh,
+    }
+    if name not in table:
+        raise ValueError(
+            f"Unsupported activation {name!r}; jaxlora models support {sorted(table)}. "
+            "Set config.hidden_act to one of them."
+        )
+    return table[name]
+
+
+def padding_bias(attention_mask: Array | None, batch: int, length: int) -> Array | None:
+    """Bidirectional mask ``(batch, 1, 1, length)``: 0 for kept keys, a large negative for padding.
+
+    >>> padding_bias(jnp.array([[1, 1, 0]]), 1, 3)[0, 0, 0]
+    Array([ 0.0000000e+00,  0.0000000e+00, -3.4028235e+38], dtype=float32)
+    """
+    if attention_mask is None:
+        return None
+    keep = attention_mask.astype(bool)[:, None, None, :]
+    return jnp.where(keep, 0.0, MASK_VALUE).astype(jnp.float32)
+
+
+def causal_padding_bias(attention_mask: Array | None, batch: int, length: int) -> Array:
+    """Causal mask combined with key padding, ``(batch or 1, 1, length, length)``.
+
+    >>> causal_padding_bias(None, 1, 2)[0, 0]
+    Array([[ 0.0000000e+00, -3.4028235e+38],
+           [ 0.0000000e+00,  0.0000000e+00]], dtype=float32)
+    """
+    positions = jnp.arange(length)
+    keep = (positions[None, :] <= positions[:, None])[None, None]
+    if attention_mask is not None:
+        keep = keep & attention_mask.astype(bool)[:, None, None, :]
+    return jnp.where(keep, 0.0, MASK_VALUE).astype(jnp.float32)
+
+
+def dot_product_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    bias: Array | None,
+    *,
+    dropout_rate: float = 0.0,
+    deterministic: bool = True,
+    dropout_rng: Array | None = None,
+) -> Array:
+    """Softmax attention on ``(batch, length, heads, head_dim)`` tensors.
+
+    ``key``/``value`` may have fewer heads than ``query`` (grouped-query
+    attention): the query heads are viewed as ``(kv_heads, group)`` so each
+    group reads its shared key/value head without copying it. Scores and the
+    softmax run in float32 whatever the input dtype; the result has the query's
+    dtype and the query's layout flattened to ``(batch, length, heads*head_dim)``.
+
+    >>> q = k = v = jnp.ones((2, 5, 4, 8))
+    >>> dot_product_attention(q, k, v, None).shape
+    (2, 5, 32)
+    """
+    batch, q_len, heads, head_dim = query.shape
+    kv_heads = key.shape[2]
+    group = heads // kv_heads
+    # Scaling q (b*l*h*d numbers) is cheaper than scaling the scores (b*h*l*l).
+    query = query * jnp.asarray(head_dim**-0.5, query.dtype)
+    query = query.reshape(batch, q_len, kv_heads, group, head_dim)
+    scores = jnp.einsum(
+        "bqkgd,bskd->bkgqs", query, key, preferred_element_type=jnp.float32
+    )
+    if bias is not None:
+        # bias is (batch|1, 1, q|1, s): broadcast over the (kv_heads, group) split.
+        scores = scores + bias[:, :, None]
+    probs = jax.nn.softmax(scores, axis=-1)
+    if dropout_rate > 0.0 and not deterministic:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    probs = probs.astype(value.dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, value)
+    return out.reshape(batch, q_len, heads * head_dim)
+
+
+def normal_init(std: float, axes: Sequence[str | None]) -> Callable:
+    """``N(0, std^2)`` initialiser (transformers' default) tagged with logical axes."""
+    return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), tuple(axes))
+
+
+def embed(
+    num: int, features: int, std: float, axes: Sequence[str | None], param_dtype: Any, name: str
+) -> nn.Embed:
+    """An ``nn.Embed`` whose table carries logical axis names."""
+    return nn.Embed(
+        num,
+        features,
+        embedding_init=normal_init(std, axes),
+        param_dtype=param_dtype,
+        name=name,
+    )
+
+
+def layer_norm(eps: float, param_dtype: Any, name: str) -> nn.LayerNorm:
+    """LayerNorm as PyTorch computes it (two-pass variance), params on the "embed" axis."""
+    return nn.LayerNorm(
+        epsilon=eps,
+        param_dtype=param_dtype,
+        use_fast_variance=False,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+        name=name,
+    )

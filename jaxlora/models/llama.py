@@ -1,0 +1,378 @@
+"""The Llama family (Llama 2/3, Qwen2-style qkv biases) in Flax Linen, as transformers computes it.
+
+RMSNorm, rotary position embeddings (``default``, ``linear`` and ``llama3``
+frequency scaling), grouped-query attention, a SwiGLU feed-forward, and tied or
+untied input/output embeddings. Parameter tree of a causal LM::
+
+    model/embed_tokens/embedding
+    model/layers_{i}/input_layernorm/scale
+    model/layers_{i}/self_attn/{q_proj,k_proj,v_proj,o_proj}/kernel   (+ bias if configured)
+    model/layers_{i}/post_attention_layernorm/scale
+    model/layers_{i}/mlp/{gate_proj,up_proj,down_proj}/kernel
+    model/norm/scale
+    lm_head/kernel                         (absent when the embeddings are tied)
+
+``task="sequence_classification"`` puts ``score/kernel`` in place of ``lm_head``
+and reads the logits at the last non-padding token, as
+``LlamaForSequenceClassification`` does.
+
+Position ids: when none are given, positions are ``0..L-1`` for every row,
+exactly what transformers' ``LlamaModel.forward`` does. With left padding pass
+:func:`position_ids_from_mask` (what ``generate`` does) to start each row at 0.
+
+Example::
+
+    config = jaxlora.models.tiny_config("llama")
+    module, params = jaxlora.models.from_config(config, task="causal_lm")
+    logits = module.apply({"params": params}, input_ids, attention_mask)   # (batch, length, vocab)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlora.models import layers
+from jaxlora.nn.dense import Dense
+
+Array = jax.Array
+
+TASKS = ("base", "causal_lm", "sequence_classification", "regression")
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def rope_settings(config) -> dict:
+    """RoPE settings from a config of either transformers generation.
+
+    transformers 5 keeps everything in ``config.rope_parameters``
+    (``rope_type``, ``rope_theta``, ``factor``, ...); 4.x wrote ``rope_theta``
+    and a ``rope_scaling`` dict whose type key was ``type`` or ``rope_type``.
+
+    >>> rope_settings(LlamaConfig(rope_theta=500000.0))["rope_theta"]
+    500000.0
+    """
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    scaling = getattr(config, "rope_scaling", None)
+    if isinstance(scaling, dict):
+        params = {**scaling, **params}
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    theta = params.get("rope_theta", getattr(config, "rope_theta", None))
+    if theta is None:
+        theta = 10000.0
+    if rope_type not in ROPE_TYPES:
+        raise ValueError(
+            f"RoPE type {rope_type!r} is not supported by jaxlora's Llama; supported: {ROPE_TYPES}."
+        )
+    if params.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError("partial_rotary_factor != 1 is not supported by jaxlora's Llama.")
+    settings = {"rope_type": rope_type, "rope_theta": float(theta)}
+    if rope_type in ("linear", "llama3"):
+        settings["factor"] = float(params["factor"])
+    if rope_type == "llama3":
+        settings["low_freq_factor"] = float(params["low_freq_factor"])
+        settings["high_freq_factor"] = float(params["high_freq_factor"])
+        settings["original_max_position_embeddings"] = int(
+            params.get("original_max_position_embeddings", config.max_position_embeddings)
+        )
+    return settings
+
+
+def rope_inverse_frequencies(head_dim: int, rope: dict) -> np.ndarray:
+    """``(head_dim // 2,)`` float32 inverse frequencies, computed in the same order of operations as transformers.
+
+    >>> rope_inverse_frequencies(4, {"rope_type": "default", "rope_theta": 10000.0})
+    array([1.  , 0.01], dtype=float32)
+    """
+    exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+    inv_freq = (np.float32(1.0) / (np.float32(rope["rope_theta"]) ** exponents)).astype(np.float32)
+    if rope["rope_type"] == "linear":
+        inv_freq = inv_freq / np.float32(rope["factor"])
+    elif rope["rope_type"] == "llama3":
+        factor = np.float32(rope["factor"])
+        low, high = np.float32(rope["low_freq_factor"]), np.float32(rope["high_freq_factor"])
+        old_len = np.float32(rope["original_max_position_embeddings"])
+        low_wavelen, high_wavelen = old_len / low, old_len / high
+        wavelen = np.float32(2 * math.pi) / inv_freq
+        # Long wavelengths are slowed by `factor`, short ones kept, the band between blended.
+        scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        inv_freq = np.where(medium, blended, scaled)
+    return inv_freq.astype(np.float32)
+
+
+def position_ids_from_mask(attention_mask: Array) -> Array:
+    """Positions counting only kept tokens (0 at each row's first real token), as ``generate`` uses.
+
+    >>> position_ids_from_mask(jnp.array([[0, 0, 1, 1, 1]]))
+    Array([[1, 1, 0, 1, 2]], dtype=int32)
+    """
+    mask = attention_mask.astype(jnp.int32)
+    positions = jnp.cumsum(mask, axis=-1) - 1
+    return jnp.where(mask == 0, 1, positions)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderSpec:
+    """The hashable numbers a Llama module needs (read from an HF config by :meth:`from_hf`)."""
+
+    family: str
+    task: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    hidden_act: str
+    rms_norm_eps: float
+    attention_dropout: float
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    tie_word_embeddings: bool
+    rope: tuple  # sorted (key, value) pairs of rope_settings()
+    pad_token_id: int | None
+    initializer_range: float
+    num_labels: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @property
+    def prefix(self) -> str:
+        return "model"
+
+    @classmethod
+    def from_hf(cls, config, family: str, task: str, num_labels: int, dtype, param_dtype) -> "DecoderSpec":
+        """Read the fields from a ``LlamaConfig`` (or ``Qwen2Config``).
+
+        >>> spec = DecoderSpec.from_hf(LlamaConfig(), "llama", "causal_lm", 2, jnp.float32, jnp.float32)
+        """
+        if task not in TASKS:
+            raise ValueError(f"task={task!r} is not supported for {family}; choose one of {TASKS}.")
+        model_type = getattr(config, "model_type", "llama")
+        if getattr(config, "use_sliding_window", False):
+            raise ValueError("Sliding-window attention (use_sliding_window=True) is not supported by jaxlora.")
+        if model_type == "qwen2":
+            qkv_bias, o_bias, mlp_bias = True, False, False
+        else:
+            qkv_bias = o_bias = bool(getattr(config, "attention_bias", False))
+            mlp_bias = bool(getattr(config, "mlp_bias", False))
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        if heads % kv_heads:
+            raise ValueError(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}.")
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        pad = config.pad_token_id
+        return cls(
+            family=family,
+            task=task,
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_hidden_layers,
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            intermediate_size=config.intermediate_size,
+            hidden_act=config.hidden_act,
+            rms_norm_eps=config.rms_norm_eps,
+            attention_dropout=float(getattr(config, "attention_dropout", 0.0) or 0.0),
+            qkv_bias=qkv_bias,
+            o_bias=o_bias,
+            mlp_bias=mlp_bias,
+            tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+            rope=tuple(sorted(rope_settings(config).items())),
+            pad_token_id=None if pad is None else int(pad),
+            initializer_range=config.initializer_range,
+            num_labels=num_labels,
+            dtype=dtype,
+            param_dtype=param_dtype,
+        )
+
+
+def _dense(spec: DecoderSpec, features: int, axes, name: str, use_bias: bool) -> Dense:
+    return Dense(
+        features,
+        use_bias=use_bias,
+        dtype=spec.dtype,
+        param_dtype=spec.param_dtype,
+        kernel_init=nn.initializers.normal(spec.initializer_range),
+        kernel_axes=axes,
+        name=name,
+    )
+
+
+class RMSNorm(nn.Module):
+    """``scale * (x / rms(x))`` with the statistics in float32, as ``LlamaRMSNorm``."""
+
+    eps: float
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        init = nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",))
+        scale = self.param("scale", init, (x.shape[-1],), self.param_dtype)
+        h = x.astype(jnp.float32)
+        h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
+        return scale * h.astype(x.dtype)
+
+
+def rotary_tables(spec: DecoderSpec, position_ids: Array) -> tuple[Array, Array]:
+    """``cos`` and ``sin`` of shape ``(batch|1, length, head_dim)`` for the given positions."""
+    inv_freq = jnp.asarray(rope_inverse_frequencies(spec.head_dim, dict(spec.rope)))
+    freqs = position_ids.astype(jnp.float32)[..., None] * inv_freq
+    angles = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(angles).astype(spec.dtype), jnp.sin(angles).astype(spec.dtype)
+
+
+def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
+    """Rotate ``(batch, length, heads, head_dim)`` by the tables (HF's rotate-half convention)."""
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+class SelfAttention(nn.Module):
+    """``q_proj``/``k_proj``/``v_proj``/``o_proj`` with RoPE and grouped-query attention."""
+
+    spec: DecoderSpec
+
+    @nn.compact
+    def __call__(self, x, bias, cos, sin, deterministic):
+        s = self.spec
+        batch, length, _ = x.shape
+        q_width, kv_width = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+        q = _dense(s, q_width, ("embed", "heads"), "q_proj", s.qkv_bias)(x, deterministic=deterministic)
+        k = _dense(s, kv_width, ("embed", "kv"), "k_proj", s.qkv_bias)(x, deterministic=deterministic)
+        v = _dense(s, kv_width, ("embed", "kv"), "v_proj", s.qkv_bias)(x, deterministic=deterministic)
+        q = apply_rotary(q.reshape(batch, length, s.num_heads, s.head_dim), cos, sin)
+        k = apply_rotary(k.reshape(batch, length, s.num_kv_heads, s.head_dim), cos, sin)
+        v = v.reshape(batch, length, s.num_kv_heads, s.head_dim)
+        use_dropout = s.attention_dropout > 0.0 and not deterministic
+        context = layers.dot_product_attention(
+            q,
+            k,
+            v,
+            bias,
+            dropout_rate=s.attention_dropout,
+            deterministic=deterministic,
+            dropout_rng=self.make_rng("dropout") if use_dropout else None,
+        )
+        return _dense(s, s.hidden_size, ("heads", "embed"), "o_proj", s.o_bias)(context, deterministic=deterministic)
+
+
+class MLP(nn.Module):
+    """SwiGLU: ``down_proj(act(gate_proj(x)) * up_proj(x))``."""
+
+    spec: DecoderSpec
+
+    @nn.compact
+    def __call__(self, x, deterministic):
+        s = self.spec
+        gate = _dense(s, s.intermediate_size, ("embed", "mlp"), "gate_proj", s.mlp_bias)(x, deterministic=deterministic)
+        up = _dense(s, s.intermediate_size, ("embed", "mlp"), "up_proj", s.mlp_bias)(x, deterministic=deterministic)
+        h = layers.activation(s.hidden_act)(gate) * up
+        return _dense(s, s.hidden_size, ("mlp", "embed"), "down_proj", s.mlp_bias)(h, deterministic=deterministic)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``."""
+
+    spec: DecoderSpec
+
+    @nn.compact
+    def __call__(self, x, bias, cos, sin, deterministic):
+        s = self.spec
+        h = RMSNorm(s.rms_norm_eps, s.param_dtype, name="input_layernorm")(x)
+        x = x + SelfAttention(s, name="self_attn")(h, bias, cos, sin, deterministic)
+        h = RMSNorm(s.rms_norm_eps, s.param_dtype, name="post_attention_layernorm")(x)
+        return x + MLP(s, name="mlp")(h, deterministic)
+
+
+def backbone(spec: DecoderSpec, input_ids, attention_mask, position_ids, deterministic) -> Array:
+    """Embedding, decoder layers and final norm, created in the calling compact module's scope."""
+    s = spec
+    batch, length = input_ids.shape
+    table = layers.embed(
+        s.vocab_size, s.hidden_size, s.initializer_range, ("vocab", "embed"), s.param_dtype, "embed_tokens"
+    )
+    h = table(input_ids).astype(s.dtype)
+    if position_ids is None:
+        position_ids = jnp.arange(length)[None, :]
+    bias = layers.causal_padding_bias(attention_mask, batch, length)
+    cos, sin = rotary_tables(s, position_ids)
+    for i in range(s.num_layers):
+        h = DecoderLayer(s, name=f"layers_{i}")(h, bias, cos, sin, deterministic)
+    return RMSNorm(s.rms_norm_eps, s.param_dtype, name="norm")(h)
+
+
+class DecoderModel(nn.Module):
+    """HF's ``LlamaModel`` under the ``model`` prefix of a task model."""
+
+    spec: DecoderSpec
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, deterministic=True):
+        return backbone(self.spec, input_ids, attention_mask, position_ids, deterministic)
+
+
+def last_token_index(input_ids: Array, pad_token_id: int | None) -> Array:
+    """Index of each row's rightmost non-pad token (HF's sequence-classification pooling)."""
+    if pad_token_id is None:
+        return jnp.full((input_ids.shape[0],), input_ids.shape[1] - 1)
+    positions = jnp.arange(input_ids.shape[1])
+    return jnp.argmax(positions * (input_ids != pad_token_id), axis=-1)
+
+
+class DecoderForTask(nn.Module):
+    """``LlamaForCausalLM`` (logits ``(batch, length, vocab)``) or ``LlamaForSequenceClassification``.
+
+    Call as ``module.apply({"params": p}, input_ids, attention_mask, position_ids=None, deterministic=True)``.
+    """
+
+    spec: DecoderSpec
+    config: Any = dataclasses.field(default=None, compare=False, hash=False)
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, deterministic=True):
+        del token_type_ids  # accepted so every jaxlora model takes the same arguments
+        s = self.spec
+        model = DecoderModel(s, name="model")
+        h = model(input_ids, attention_mask, position_ids, deterministic)
+        if s.task == "causal_lm":
+            if s.tie_word_embeddings:
+                table = nn.unbox(model.variables["params"]["embed_tokens"]["embedding"])
+                return jnp.einsum("bld,vd->blv", h, table.astype(h.dtype))
+            return _dense(s, s.vocab_size, ("embed", "vocab"), "lm_head", False)(h, deterministic=deterministic)
+        # Scoring every position then picking one would waste work: pick the hidden state first.
+        last = last_token_index(input_ids, s.pad_token_id)
+        pooled = h[jnp.arange(h.shape[0]), last]
+        return _dense(s, s.num_labels, ("embed", "labels"), "score", False)(pooled, deterministic=deterministic)
+
+
+class DecoderBase(nn.Module):
+    """The bare ``LlamaModel`` (HF ``AutoModel``), returning the last hidden state; params unprefixed."""
+
+    spec: DecoderSpec
+    config: Any = dataclasses.field(default=None, compare=False, hash=False)
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, deterministic=True):
+        del token_type_ids
+        return backbone(self.spec, input_ids, attention_mask, position_ids, deterministic)
+
+
+def build(spec: DecoderSpec, config=None) -> nn.Module:
+    """The Linen module for ``spec.task``."""
+    if spec.task == "base":
+        return DecoderBase(spec, config=config)
+    return DecoderForTask(spec, config=config)
