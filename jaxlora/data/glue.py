@@ -321,7 +321,7 @@ def get_task(task: str | GlueTask) -> GlueTask:
     if isinstance(task, GlueTask):
         return task
     key = _normalise(str(task))
-    key = _ALIASES.get(key, key)
+    key = _normalise(_ALIASES.get(key, key))
     for canonical, spec in TASKS.items():
         if key == _normalise(canonical) or key == _normalise(spec.display_name):
             return spec
@@ -464,27 +464,20 @@ def _malformed(path: str, unit: str, line: int, what: str) -> ValueError:
     return ValueError(f"Malformed GLUE file {path}, {unit} {line}: {what}")
 
 
-_QUOTED_FIELD = re.compile(r'^"(?:[^"]|"")*"$', re.DOTALL)
+def _uses_csv_quoting(body: str, width: int) -> bool:
+    """True when the rows parse as CSV-quoted tab-separated records and some field is quoted.
 
-
-def _uses_csv_quoting(raw_lines: Iterable[str]) -> bool:
-    """True when every field that starts with ``"`` is a complete CSV-quoted field.
-
-    GLUE's own files fail this (MRPC has a field that opens a quote and never closes it);
-    ``Dataset.to_csv`` exports pass it. Files without any leading quote need no unquoting.
+    GLUE's own files fail this (MRPC has a field that opens a quote and never closes it, so strict
+    CSV parsing errors out or merges rows); ``Dataset.to_csv(sep="\\t")`` exports pass it. A file in
+    which no field starts with ``"`` reads the same either way, so it is treated as unquoted.
     """
-    seen_quoted = False
-    for line in raw_lines:
-        if '"' not in line:
-            continue
-        for field in line.split("\t"):
-            if field.startswith('"'):
-                if not _QUOTED_FIELD.match(field):
-                    return False
-                seen_quoted = True
-            elif '""' in field:
-                return False
-    return seen_quoted
+    if not any(field.startswith('"') for line in body.split("\n") for field in line.split("\t")):
+        return False
+    try:
+        rows = list(csv.reader(io.StringIO(body), delimiter="\t", strict=True))
+    except csv.Error:
+        return False
+    return all(len(row) == width for row in rows if row)
 
 
 def _read_tsv(path: str, task: GlueTask, quoting: str) -> _Table:
@@ -510,7 +503,9 @@ def _read_tsv(path: str, task: GlueTask, quoting: str) -> _Table:
 
     if quoting == "auto":
         is_original = headerless or tuple(header) in originals
-        quoting = "none" if is_original or not _uses_csv_quoting(raw[body_start:]) else "csv"
+        quoting = "none"
+        if not is_original and _uses_csv_quoting("\n".join(raw[body_start:]), len(header)):
+            quoting = "csv"
     if quoting not in ("none", "csv"):
         raise ValueError(f"quoting must be 'auto', 'none' or 'csv', got {quoting!r}.")
 
