@@ -228,3 +228,12 @@ def test_eval_iteration_covers_every_example_once(mrpc_dev, sort_by_length):
     else:
         np.testing.assert_array_equal(idx, data.idx)
         np.testing.assert_array_equal(labels, data.labels)
+
+
+@needs_glue
+def test_regression_labels_stay_float_through_batches(tokenizer):
+    split = glue.take(glue.read_split("stsb", "dev", GLUE_DIR), np.arange(40))
+    data = batching.tokenize(split, tokenizer, 64, use_cache=False)
+    batch = next(batching.iterate_eval(data, 16))
+    assert batch["labels"].dtype == np.float32
+    np.testing.assert_array_equal(batch["labels"], split.labels[:16])

@@ -155,6 +155,15 @@ def test_hf_exports_read_back_identically(tmp_path, fmt):
     np.testing.assert_array_equal(read.idx, original.idx)
 
 
+def test_hub_style_unlabeled_regression_test_split(tmp_path):
+    (tmp_path / "stsb").mkdir()
+    (tmp_path / "stsb" / "test.jsonl").write_text(
+        '{"sentence1": "a", "sentence2": "b", "label": -1.0, "idx": 0}\n'
+    )
+    split = glue.read_split("STS-B", "test", tmp_path)
+    assert np.isnan(split.labels).all() and not split.has_labels
+
+
 def test_generic_single_sentence_export_and_string_labels(tmp_path):
     (tmp_path / "SST-2").mkdir()
     (tmp_path / "SST-2" / "train.jsonl").write_text(
