@@ -33,7 +33,7 @@ import json
 import os
 import re
 import socket
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
