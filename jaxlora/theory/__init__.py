@@ -10,9 +10,11 @@
 All constructions are float64 numpy and act on column vectors (``f(x) = W_L ... W_1 x``).
 """
 
-from jaxlora.theory.conversion import (ConversionMatrices, conversion_from_factors, conversion_matrices,
-                                       group_by_module, layer_similarity, paired_similarity,
-                                       plot_similarity_heatmaps, random_similarity)
+from jaxlora.theory.conversion import (ConversionMatrices, ModuleSimilarity, conversion_from_factors,
+                                       conversion_matrices, group_by_module, layer_similarity,
+                                       load_factors_npz, lora_condlora_similarity, paired_similarity,
+                                       plot_similarity_heatmaps, random_similarity, save_factors_npz,
+                                       similarity_report)
 from jaxlora.theory.fnn import (DenseLayer, FNNConstruction, fnn_construction, fnn_construction_errors,
                                 fnn_forward, fnn_group_layout, fnn_rank_threshold, fnn_relus_active, random_fnn)
 from jaxlora.theory.linear import (LinearConstruction, chain_product, linear_construction,
@@ -23,6 +25,7 @@ from jaxlora.theory.tfn import TFN, TFNBlock, TFNConstruction, random_tfn, tfn_c
 __all__ = [
     "ConversionMatrices", "conversion_from_factors", "conversion_matrices", "group_by_module",
     "layer_similarity", "paired_similarity", "plot_similarity_heatmaps", "random_similarity",
+    "ModuleSimilarity", "similarity_report", "lora_condlora_similarity", "save_factors_npz", "load_factors_npz",
     "DenseLayer", "FNNConstruction", "fnn_construction", "fnn_construction_errors", "fnn_forward",
     "fnn_group_layout", "fnn_rank_threshold", "fnn_relus_active", "random_fnn",
     "LinearConstruction", "chain_product", "linear_construction", "linear_construction_details",

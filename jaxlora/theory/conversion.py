@@ -38,6 +38,11 @@ __all__ = [
     "random_similarity",
     "paired_similarity",
     "plot_similarity_heatmaps",
+    "ModuleSimilarity",
+    "similarity_report",
+    "lora_condlora_similarity",
+    "save_factors_npz",
+    "load_factors_npz",
 ]
 
 
@@ -218,3 +223,131 @@ def plot_similarity_heatmaps(panels: Mapping[str, np.ndarray], path: str, layer_
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+class ModuleSimilarity(NamedTuple):
+    """Layer x layer similarities of one module type (e.g. ``"query"``).
+
+    Attributes:
+      layers: layer indices, in the order of the matrices' rows and columns.
+      c_a, c_b: ``phi`` between the layers' ``C_A`` (resp. ``C_B``) matrices.
+      random: the same for independent Gaussian matrices of ``C_A``'s shape (the baseline).
+    """
+
+    layers: list
+    c_a: np.ndarray
+    c_b: np.ndarray
+    random: np.ndarray
+
+
+def similarity_report(conversions: Mapping, rank: Optional[int] = None, seed: int = 0) -> dict:
+    """``{module_type: ModuleSimilarity}`` from ``{module_path: ConversionMatrices}``.
+
+    ``rank`` is the paper's ``i = j`` (8 for r=8 adapters); it defaults to the factors' rank.
+
+    Example:
+      >>> rng = np.random.default_rng(0)
+      >>> conv = {("layer_%d" % l, "query"): ConversionMatrices(rng.normal(size=(8, 2)), rng.normal(size=(8, 2)))
+      ...         for l in range(3)}
+      >>> similarity_report(conv)["query"].c_a.shape
+      (3, 3)
+    """
+    report = {}
+    for offset, (module, items) in enumerate(group_by_module(conversions).items()):
+        layers = [layer for layer, _ in items]
+        c_a = [value.c_a for _, value in items]
+        c_b = [value.c_b for _, value in items]
+        report[module] = ModuleSimilarity(
+            layers, layer_similarity(c_a, rank), layer_similarity(c_b, rank),
+            random_similarity(len(items), c_a[0].shape, rank, seed=seed + offset))
+    return report
+
+
+def lora_condlora_similarity(lora: Mapping, condlora: Mapping, rank: Optional[int] = None) -> dict:
+    """Per-layer ``phi`` between a LoRA's and a CondLoRA's conversion matrices (the paper's Table 3).
+
+    Returns ``{module_type: {"layers": [...], "c_a": array, "c_b": array}}`` over the layers both have.
+
+    Example:
+      >>> x = np.eye(4)[:, :2]
+      >>> conv = {("layer_0", "value"): ConversionMatrices(x, x)}
+      >>> lora_condlora_similarity(conv, conv)["value"]["c_a"]
+      array([1.])
+    """
+    first, second = group_by_module(lora), group_by_module(condlora)
+    result = {}
+    for module in sorted(set(first) & set(second)):
+        mine, theirs = dict(first[module]), dict(second[module])
+        layers = sorted(set(mine) & set(theirs))
+        result[module] = {
+            "layers": layers,
+            "c_a": paired_similarity([mine[l].c_a for l in layers], [theirs[l].c_a for l in layers], rank),
+            "c_b": paired_similarity([mine[l].c_b for l in layers], [theirs[l].c_b for l in layers], rank),
+        }
+    if not result:
+        raise ValueError("The LoRA and CondLoRA factors share no module type; adapt the same modules in both.")
+    return result
+
+
+def save_factors_npz(path: str, frozen: Mapping, factors: Mapping) -> str:
+    """Saves what the analysis needs (each module's frozen kernel and kernel-layout ``a``, ``b``) to ``.npz``.
+
+    Keys are ``"<module/path>|kernel"``, ``"<module/path>|a"``, ``"<module/path>|b"``; use it on the
+    output of ``jaxlora.to_lora_factors(frozen, adapter, cfg)``.
+
+    Example:
+      >>> import os, tempfile
+      >>> from types import SimpleNamespace
+      >>> frozen = {"layer_0": {"query": {"kernel": np.eye(2)}}}
+      >>> f = {("layer_0", "query"): SimpleNamespace(a=np.ones((2, 1)), b=np.ones((1, 2)))}
+      >>> out = save_factors_npz(os.path.join(tempfile.mkdtemp(), "f.npz"), frozen, f)
+      >>> sorted(load_factors_npz(out)[1])
+      [('layer_0', 'query')]
+    """
+    arrays = {}
+    for module_path, factor in factors.items():
+        module_path = tuple(module_path.split("/")) if isinstance(module_path, str) else tuple(module_path)
+        name = "/".join(module_path)
+        arrays[f"{name}|kernel"] = np.asarray(_lookup_kernel(frozen, module_path), np.float32)
+        arrays[f"{name}|a"] = np.asarray(factor.a, np.float32)
+        arrays[f"{name}|b"] = np.asarray(factor.b, np.float32)
+    np.savez(path, **arrays)
+    return path
+
+
+class _Factors(NamedTuple):
+    a: np.ndarray
+    b: np.ndarray
+
+
+def load_factors_npz(path: str) -> tuple:
+    """Reads :func:`save_factors_npz` output: ``(frozen nested dict, {module_path: factors with .a, .b})``.
+
+    Example:
+      >>> import os, tempfile
+      >>> from types import SimpleNamespace
+      >>> path = os.path.join(tempfile.mkdtemp(), "f.npz")
+      >>> _ = save_factors_npz(path, {"h_0": {"value": {"kernel": np.eye(2)}}},
+      ...                      {("h_0", "value"): SimpleNamespace(a=np.ones((2, 1)), b=np.ones((1, 2)))})
+      >>> frozen, factors = load_factors_npz(path)
+      >>> frozen["h_0"]["value"]["kernel"].shape, factors[("h_0", "value")].a.shape
+      ((2, 2), (2, 1))
+    """
+    frozen: dict = {}
+    factors: dict = {}
+    with np.load(path) as data:
+        names = {key.rsplit("|", 1)[0] for key in data.files}
+        for name in sorted(names):
+            missing = [part for part in ("kernel", "a", "b") if f"{name}|{part}" not in data.files]
+            if missing:
+                raise ValueError(f"{path}: module {name!r} lacks {missing}; each module needs '|kernel', '|a' and '|b' "
+                                 "arrays (write the file with jaxlora.theory.save_factors_npz).")
+            module_path = tuple(name.split("/"))
+            node = frozen
+            for part in module_path:
+                node = node.setdefault(part, {})
+            node["kernel"] = data[f"{name}|kernel"]
+            factors[module_path] = _Factors(data[f"{name}|a"], data[f"{name}|b"])
+    if not factors:
+        raise ValueError(f"{path} holds no '<module>|kernel', '<module>|a', '<module>|b' arrays.")
+    return frozen, factors

@@ -99,17 +99,19 @@ def tfn_forward(model: TFN, x, xp=np):
       >>> tfn_forward(model, np.ones((3, 4, 5))).shape
       (3, 4, 5)
     """
-    hidden = x
+    # Token-major internally, (batch, N, D): every weight then multiplies one long (batch * N, D)
+    # matrix, which is much faster under jax.vmap than contracting D in the middle axis.
+    hidden = xp.swapaxes(x, 1, 2)
     for block in model.blocks:
-        keys = xp.einsum("hij,bjn->bhin", block.key, hidden)
-        queries = xp.einsum("hij,bjn->bhin", block.query, hidden)
-        scores = xp.einsum("bhim,bhin->bhmn", keys, queries)  # (key token m, query token n)
+        queries = xp.einsum("bnj,hij->bhni", hidden, block.query)
+        keys = xp.einsum("bmj,hij->bhmi", hidden, block.key)
+        scores = xp.einsum("bhmi,bhni->bhmn", keys, queries)  # (key token m, query token n)
         pattern = _softmax_columns(scores, xp)
-        values = xp.einsum("hij,hjk,bkn->bhin", block.out, block.value, hidden)
-        attended = xp.einsum("bhim,bhmn->bin", values, pattern)
-        inner = xp.einsum("ij,bjn->bin", block.ffn1, attended) + block.bias1[:, None]
-        hidden = xp.einsum("ij,bjn->bin", block.ffn2, xp.maximum(inner, 0.0)) + block.bias2[:, None]
-    return xp.einsum("ij,bjn->bin", model.output, hidden)
+        values = xp.einsum("bhmj,hij->bhmi", xp.einsum("bmj,hij->bhmi", hidden, block.value), block.out)
+        attended = xp.einsum("bhmn,bhmi->bni", pattern, values)
+        inner = xp.maximum(attended @ block.ffn1.T + block.bias1, 0.0)
+        hidden = inner @ block.ffn2.T + block.bias2
+    return xp.swapaxes(hidden @ model.output.T, 1, 2)
 
 
 def _right_solve(matrix, a):
