@@ -16,6 +16,8 @@ Example::
     model = peft.PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base), "run/peft_adapter")
 """
 
+from jaxlora.interop.merged import save_merged
 from jaxlora.interop.native import load_adapter, save_adapter
+from jaxlora.interop.peft import check_peft_config, load_peft, peft_state_dict, save_peft
 
-__all__ = ["load_adapter", "save_adapter"]
+__all__ = ["check_peft_config", "load_adapter", "load_peft", "peft_state_dict", "save_adapter", "save_merged", "save_peft"]
