@@ -231,7 +231,7 @@ def match_state_dict(
     checkpoint into a base model). Kernels are transposed.
 
     Raises:
-      ValueError: a tensor's shape does not fit, naming the tensor and both shapes.
+      ValueError: tensors whose shape does not fit, naming each tensor and both shapes.
 
     >>> report = match_state_dict("bert", read_state_dict(folder), {p: s.shape for p, s in flat_abstract.items()})
     """
@@ -240,6 +240,7 @@ def match_state_dict(
     found: dict[Path, np.ndarray] = {}
     used: set[str] = set()
     missing: list[Path] = []
+    mismatched: list[str] = []
     for path, shape in expected.items():
         key = hf_param_name(family, path)
         candidates = [key]
@@ -256,13 +257,20 @@ def match_state_dict(
         got = array.shape[::-1] if path[-1] == "kernel" else array.shape
         if tuple(got) != want:
             hf_want = want[::-1] if path[-1] == "kernel" else want
-            raise ValueError(
-                f"Checkpoint tensor {hit!r} has shape {tuple(array.shape)}, but the model built from the "
-                f"config expects {tuple(hf_want)} (jaxlora param {'/'.join(path)}). "
-                "The config does not describe these weights: check config.json (sizes, vocab_size, num_labels)."
+            mismatched.append(
+                f"{hit!r} has shape {tuple(array.shape)}, the model expects {tuple(hf_want)} "
+                f"(jaxlora param {'/'.join(path)})"
             )
+            continue
         found[path] = array.T if path[-1] == "kernel" else array
         used.add(hit)
+    if mismatched:
+        raise ValueError(
+            f"{len(mismatched)} checkpoint tensors do not fit the model built from the config: "
+            + "; ".join(mismatched[:10])
+            + (" ..." if len(mismatched) > 10 else "")
+            + ". The config does not describe these weights: check config.json (sizes, vocab_size, num_labels)."
+        )
     unexpected = sorted(
         k
         for k in checkpoint
