@@ -14,7 +14,9 @@ Usage:
     python experiments/conversion_matrices.py --lora lora.npz --condlora condlora.npz --out runs/conversion
 
 Writes into ``--out``: ``layer_similarity.csv`` (module, factor, layer pair, phi, random phi),
-``summary.csv`` (mean off-diagonal phi per module and factor against the random baseline),
+``summary.csv`` (mean off-diagonal phi per module and factor against two baselines: independent
+Gaussian matrices, as in the paper, and ``W0^{-1} G`` with Gaussian ``G``, which shows how much of
+the similarity the frozen weights alone would produce),
 ``theory_conversion_<module>.png`` heat maps and, with ``--condlora``, ``lora_vs_condlora.csv`` (Table 3).
 """
 
@@ -49,21 +51,27 @@ def analyse(frozen: Mapping, factors: Mapping, out_dir: str, rank: Optional[int]
     os.makedirs(out_dir, exist_ok=True)
     conversions = theory.conversion_from_factors(frozen, factors)
     report = theory.similarity_report(conversions, rank=rank, seed=seed)
+    kernels = theory.group_by_module({path: _kernel(frozen, path) for path in conversions})
 
     pair_rows, summary = [], []
     for module, result in report.items():
+        stricter = theory.inverse_weight_random_similarity([k for _, k in kernels[module]],
+                                                            columns=_columns(conversions, module), rank=rank,
+                                                            seed=seed + 1000)
         for p, layer_p in enumerate(result.layers):
             for q, layer_q in enumerate(result.layers):
                 for factor, matrix in (("C_A", result.c_a), ("C_B", result.c_b)):
                     pair_rows.append({"module": module, "factor": factor, "layer_p": layer_p, "layer_q": layer_q,
-                                      "phi": matrix[p, q], "random_phi": result.random[p, q]})
+                                      "phi": matrix[p, q], "random_phi": result.random[p, q],
+                                      "inverse_weight_random_phi": stricter[p, q]})
         for factor, matrix in (("C_A", result.c_a), ("C_B", result.c_b)):
             summary.append({"module": module, "factor": factor, "layers": len(result.layers),
                             "mean_offdiag_phi": off_diagonal_mean(matrix),
-                            "mean_offdiag_random_phi": off_diagonal_mean(result.random)})
+                            "mean_offdiag_random_phi": off_diagonal_mean(result.random),
+                            "mean_offdiag_inverse_weight_random_phi": off_diagonal_mean(stricter)})
         theory.plot_similarity_heatmaps(
             {f"{label} C_A ({module})": result.c_a, f"{label} C_B ({module})": result.c_b,
-             "random Gaussian": result.random},
+             "random Gaussian": result.random, "W0^-1 x random Gaussian": stricter},
             os.path.join(out_dir, f"theory_conversion_{module}.png"), layer_labels=result.layers,
             title=f"subspace similarity phi(i=j={rank or 'r'}) between layers")
     _write(os.path.join(out_dir, "layer_similarity.csv"), pair_rows)
@@ -78,6 +86,17 @@ def analyse(frozen: Mapping, factors: Mapping, out_dir: str, rank: Optional[int]
                 for module, values in table3.items() for k, layer in enumerate(values["layers"])]
         _write(os.path.join(out_dir, "lora_vs_condlora.csv"), rows)
     return {"report": report, "summary": summary, "table3": table3}
+
+
+def _kernel(frozen: Mapping, path: tuple) -> np.ndarray:
+    node = frozen
+    for name in path:
+        node = node[name]
+    return np.asarray(node["kernel"])
+
+
+def _columns(conversions: Mapping, module: str) -> int:
+    return next(value.c_a.shape[1] for path, value in conversions.items() if path[-1] == module)
 
 
 def _write(path: str, rows: Sequence[dict]) -> None:
@@ -108,7 +127,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     result = analyse(frozen, factors, args.out, args.rank, args.seed, cond_frozen, cond_factors)
     for row in result["summary"]:
         print(f"{row['module']:>10s} {row['factor']}: mean phi between layers {row['mean_offdiag_phi']:.3f} "
-              f"(random {row['mean_offdiag_random_phi']:.3f}, {row['layers']} layers)")
+              f"(random {row['mean_offdiag_random_phi']:.3f}, W0^-1 x random "
+              f"{row['mean_offdiag_inverse_weight_random_phi']:.3f}, {row['layers']} layers)")
     if result["table3"]:
         for module, values in result["table3"].items():
             print(f"{module:>10s} LoRA vs CondLoRA per layer: C_A {np.round(values['c_a'], 3)} "

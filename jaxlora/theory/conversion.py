@@ -38,6 +38,7 @@ __all__ = [
     "random_similarity",
     "paired_similarity",
     "plot_similarity_heatmaps",
+    "inverse_weight_random_similarity",
     "ModuleSimilarity",
     "similarity_report",
     "lora_condlora_similarity",
@@ -174,6 +175,25 @@ def random_similarity(num_layers: int, shape: tuple, rank: Optional[int] = None,
     """
     rng = np.random.default_rng(seed)
     return layer_similarity([rng.normal(size=shape) for _ in range(num_layers)], rank)
+
+
+def inverse_weight_random_similarity(kernels: Sequence[np.ndarray], columns: int, rank: Optional[int] = None,
+                                     seed: int = 0) -> np.ndarray:
+    """A stricter baseline: :func:`layer_similarity` of ``W0_l^{-1} G_l`` with independent Gaussian ``G_l``.
+
+    ``W0^{-1}`` is anisotropic, so even unrelated factors pushed through it share its dominant
+    directions; comparing against this separates "the trained factors are alike" from "the frozen
+    weights are alike". ``kernels`` are the layers' Flax kernels ``K`` (``W0 = K.T``).
+
+    Example:
+      >>> s = inverse_weight_random_similarity([np.eye(64)] * 3, columns=4)
+      >>> bool(s[0, 1] < 0.3)
+      True
+    """
+    rng = np.random.default_rng(seed)
+    matrices = [scipy.linalg.solve(np.asarray(k, np.float64).T, rng.normal(size=(np.shape(k)[0], columns)))
+                for k in kernels]
+    return layer_similarity(matrices, rank)
 
 
 def paired_similarity(first: Sequence[np.ndarray], second: Sequence[np.ndarray], rank: Optional[int] = None) -> np.ndarray:
