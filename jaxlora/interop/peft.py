@@ -339,10 +339,11 @@ def _read_tensors(folder: str) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f"No {WEIGHTS_FILE} (or {WEIGHTS_FILE_BIN}) in {folder!r}: the adapter's weights are missing.")
 
 
-def _exact_patterns(paths: list[Path], candidates: list[str], check) -> tuple[str, ...]:
-    """Short patterns when ``check`` confirms they select exactly ``paths``, else one exact regex per path."""
-    if candidates and check(tuple(candidates)):
-        return tuple(candidates)
+def _exact_patterns(paths: list[Path], candidates: list[list[str]], check) -> tuple[str, ...]:
+    """The first candidate pattern list ``check`` confirms selects exactly ``paths``, else one exact regex per path."""
+    for patterns in candidates:
+        if patterns and check(tuple(patterns)):
+            return tuple(patterns)
     return tuple(f"re:^{re.escape(join(p))}$" for p in sorted(paths))
 
 
@@ -466,10 +467,22 @@ def _lora_config(flat, paths, ranks, alphas, r, alpha, rslora, full_paths, dropo
         except ValueError:
             return False
 
-    targets = _exact_patterns(paths, sorted({p[-1] for p in paths}), targets_ok)
-    rank_pattern = {f"re:^{re.escape(join(p))}$": ranks[p] for p in paths if ranks[p] != r}
-    alpha_pattern = {f"re:^{re.escape(join(p))}$": alphas[p] for p in paths if alphas[p] != alpha}
-    config = base.replace(targets=targets, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
+    targets = _exact_patterns(paths, [sorted({p[-1] for p in paths})], targets_ok)
+    config = base.replace(targets=targets)
+    # Per-module ranks/alphas: by module name ({"value": 2}) when that reproduces them all, else one per path.
+    for field, values, default in (("rank_pattern", ranks, r), ("alpha_pattern", alphas, alpha)):
+        by_group: dict[str, set] = {}
+        for p in paths:
+            by_group.setdefault(p[-1], set()).add(values[p])
+        short = {g: v.pop() for g, v in by_group.items() if len(v) == 1 and next(iter(v)) != default}
+        exact = {f"re:^{re.escape(join(p))}$": values[p] for p in paths if values[p] != default}
+        attribute = "rank" if field == "rank_pattern" else "alpha"
+        try:
+            found = find_targets(flat, config.replace(**{field: short}))
+            fits = all(getattr(found[p], attribute) == values[p] for p in paths)
+        except (ValueError, KeyError):
+            fits = False
+        config = config.replace(**{field: short if fits else exact})
     if full_paths:
         chosen = find_targets(flat, config)
 
@@ -479,6 +492,6 @@ def _lora_config(flat, paths, ranks, alphas, r, alpha, rslora, full_paths, dropo
             except ValueError:
                 return False
 
-        modules = sorted({join(p[:-1]) for p in full_paths})
-        config = config.replace(trainable=_exact_patterns(full_paths, modules, trainable_ok))
+        candidates = [sorted({p[0] for p in full_paths}), sorted({join(p[:-1]) for p in full_paths})]
+        config = config.replace(trainable=_exact_patterns(full_paths, candidates, trainable_ok))
     return config
