@@ -81,6 +81,7 @@ def save_adapter(folder: str, adapter: Adapter, config: AdapterConfig, metadata:
         # The top-level groups of `trainable`, so empty ones ({"full": {}}) come back too.
         "trainable_groups": sorted(adapter.trainable),
         "metadata": metadata,
+        "jaxlora_version": _jaxlora_version(),
     }
     arrays = {**_flat_arrays("fixed", adapter.fixed)}
     for group, tree in adapter.trainable.items():
@@ -89,9 +90,17 @@ def save_adapter(folder: str, adapter: Adapter, config: AdapterConfig, metadata:
         try:
             write_json(os.path.join(tmp, CONFIG_FILE), document)
         except TypeError as err:
-            raise TypeError(f"metadata must be JSON-serialisable (str, numbers, lists, dicts): {err}") from None
+            raise TypeError(
+                f"The adapter config and metadata must be JSON-serialisable (str, numbers, lists, dicts): {err}"
+            ) from None
         save_file(arrays, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": FORMAT})
     return folder
+
+
+def _jaxlora_version() -> str:
+    import jaxlora
+
+    return getattr(jaxlora, "__version__", "unknown")
 
 
 def load_adapter(folder: str) -> tuple[Adapter, AdapterConfig, dict]:

@@ -166,10 +166,20 @@ def peft_state_dict(module, frozen: Mapping, adapter: Adapter, config: AdapterCo
     >>> tensors["base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight"].shape
     (8, 384)
     """
+    from jaxlora.models import hf_param_name
+
     names = _names(module, frozen)
     task = module.spec.task
     flat = flatten(frozen)
     targets = find_targets(flat, config)
+    if TASK_TYPES.get(task) == "SEQ_CLS":
+        in_head = sorted(join(p) for p in targets if p[0] in SEQ_CLS_HEADS)
+        if in_head:
+            raise ValueError(
+                f"Cannot export to PEFT: the adapter adapts {in_head} inside the classification head, but PEFT's "
+                f"SEQ_CLS task always trains {list(SEQ_CLS_HEADS)} in full and never adapts inside them. Exclude the "
+                f"head from the targets (exclude=('re:^classifier',)) and train it in full (trainable=('classifier',))."
+            )
     factors = to_lora_factors(frozen, adapter, config)
     by_path = {p: n for n, p in names.modules.items()}
 
@@ -192,7 +202,7 @@ def peft_state_dict(module, frozen: Mapping, adapter: Adapter, config: AdapterCo
         tensors[f"{KEY_PREFIX}{hf_name}.lora_A.weight"] = np.ascontiguousarray(a.T)
         tensors[f"{KEY_PREFIX}{hf_name}.lora_B.weight"] = np.ascontiguousarray(b.T)
 
-    full_leaves = find_trainable_leaves(flat, config, targets)
+    full_leaves = sorted(flatten(adapter.trainable.get("full", {})))
     saved_modules = _modules_to_save(full_leaves, names, task)
     clash = sorted(n for n, p in saved_modules.items() if any(t[: len(p)] == p for t in targets))
     if clash:
@@ -202,8 +212,6 @@ def peft_state_dict(module, frozen: Mapping, adapter: Adapter, config: AdapterCo
         )
     # Saved modules are written whole: trained leaves from the adapter, the rest from the frozen params.
     trained = {**flat, **flatten(adapter.trainable.get("full", {}))}
-    from jaxlora.models import hf_param_name
-
     for module_path in saved_modules.values():
         for leaf_path, value in trained.items():
             if leaf_path[: len(module_path)] == module_path:
@@ -384,6 +392,8 @@ def load_peft(folder: str, module, frozen: Mapping) -> tuple[Adapter, AdapterCon
     unknown_modules, unknown_params = set(), set()
     for key, value in tensors.items():
         name = key[len(KEY_PREFIX):] if key.startswith(KEY_PREFIX) else key
+        # Files written from a live PeftModel's state dict keep the wrapper's names; PEFT's own save drops them.
+        name = re.sub(r"\.modules_to_save\.[^.]+\.", ".", name)
         match = re.fullmatch(r"(.+)\.(lora_A|lora_B)(?:\.[^.]+)?\.weight", name)
         if match:
             module_name, which = match.groups()

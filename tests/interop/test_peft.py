@@ -239,3 +239,31 @@ def test_export_refuses_to_overwrite_foreign_files(tiny_models, tmp_path):
     save_peft(tmp_path / "out", model.module, model.frozen, adapter, cfg)
     save_peft(tmp_path / "out", model.module, model.frozen, _perturbed(adapter), cfg)
     assert sorted(os.listdir(tmp_path)) == ["busy", "out"]
+
+
+def test_scale_mismatch_is_folded_into_lora_b(tiny_models, monkeypatch):
+    """A variant whose factors carry a scale other than PEFT's alpha/r still exports exactly."""
+    import jaxlora.interop.peft as peft_interop
+
+    model = tiny_models["bert"]
+    cfg = _config(model, "lora", rslora=True)
+    adapter = _perturbed(jaxlora.init(jax.random.key(0), model.frozen, cfg))
+    true = jaxlora.to_lora_factors(model.frozen, adapter, cfg)
+    # Same update, expressed with a scale 3x larger and b 3x smaller.
+    odd = {p: jaxlora.LoraFactors(f.a, f.b / 3.0, f.scale * 3.0) for p, f in true.items()}
+    monkeypatch.setattr(peft_interop, "to_lora_factors", lambda *args: odd)
+    peft_config, tensors = peft_interop.peft_state_dict(model.module, model.frozen, adapter, cfg)
+    peft_scale = peft_config["lora_alpha"] / np.sqrt(peft_config["r"])
+    for path, f in true.items():
+        key = "base_model.model." + models.hf_module_name("bert", path)
+        got = peft_scale * tensors[key + ".lora_B.weight"] @ tensors[key + ".lora_A.weight"]
+        np.testing.assert_allclose(got, f.scale * np.asarray(f.a @ f.b).T, rtol=1e-5, atol=1e-7)
+
+
+def test_adapting_inside_the_head_of_a_classifier_is_a_clear_export_error(tiny_models, tmp_path):
+    model = tiny_models["roberta"]  # "all-linear" reaches classifier/dense, which PEFT's SEQ_CLS never adapts
+    cfg = jaxlora.AdapterConfig("lora", rank=2, targets="all-linear", trainable=())
+    adapter = jaxlora.init(jax.random.key(0), model.frozen, cfg)
+    with pytest.raises(ValueError, match=r"adapts \['classifier/dense'.*inside the classification head"):
+        save_peft(tmp_path / "peft", model.module, model.frozen, adapter, cfg)
+    assert not (tmp_path / "peft").exists()
