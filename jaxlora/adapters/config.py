@@ -43,7 +43,8 @@ class AdapterConfig:
         path ends with it (``"query"``, ``"attention/query"``); ``"re:<regex>"``
         is searched in the ``/``-joined module path; ``"all-linear"`` adapts
         every 2-D ``kernel`` not excluded.
-      exclude: patterns never adapted (heads, by default).
+      exclude: patterns never adapted (heads, by default); a name excludes
+        everything inside it (``"classifier"`` covers ``classifier/out_proj``).
       trainable: patterns of parameter leaves trained in full (a classifier
         head, biases): matched against the ``/``-joined *leaf* path.
       rank_pattern, alpha_pattern: per-pattern overrides, ``{pattern: value}``;

@@ -8,8 +8,9 @@ Two matching rules, both documented on :class:`~jaxlora.adapters.config.AdapterC
 
 * adapter targets match a module path by *suffix* (PEFT's rule): ``"query"``
   matches ``.../attention/query`` but ``"attention"`` does not;
-* fully-trainable patterns match a *leaf* path by a contiguous run of names:
-  ``"classifier"`` matches ``classifier/kernel`` and ``classifier/out_proj/bias``.
+* fully-trainable and excluded patterns match by a contiguous run of names:
+  ``"classifier"`` matches ``classifier/kernel`` and ``classifier/out_proj/bias``,
+  so excluding a head excludes every layer inside it.
 
 ``"re:<regex>"`` is a regular-expression search in either case.
 """
@@ -96,7 +97,9 @@ def find_targets(frozen: Mapping[str, Any] | Mapping[Path, Any], config: Adapter
             "'params' collection (not {'params': ...}) of a model built from Dense layers."
         )
     names = {join(p): p for p in modules}
-    excluded = {n for n in names if any(matches_module(x, n) for x in config.exclude)}
+    # An excluded name covers everything inside it ("classifier" excludes RoBERTa's
+    # classifier/dense), so exclusion uses the contiguous-run rule, not the suffix rule.
+    excluded = {n for n in names if any(matches_leaf(x, n) for x in config.exclude)}
 
     if config.targets == ALL_LINEAR:
         chosen = [n for n in names if n not in excluded]

@@ -178,7 +178,7 @@ def peft_state_dict(module, frozen: Mapping, adapter: Adapter, config: AdapterCo
             raise ValueError(
                 f"Cannot export to PEFT: the adapter adapts {in_head} inside the classification head, but PEFT's "
                 f"SEQ_CLS task always trains {list(SEQ_CLS_HEADS)} in full and never adapts inside them. Exclude the "
-                f"head from the targets (exclude=('re:^classifier',)) and train it in full (trainable=('classifier',))."
+                f"head from the targets (exclude=('classifier',)) and train it in full (trainable=('classifier',))."
             )
     factors = to_lora_factors(frozen, adapter, config)
     by_path = {p: n for n, p in names.modules.items()}

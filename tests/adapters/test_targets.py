@@ -24,6 +24,14 @@ def test_suffix_regex_and_all_linear():
     assert not matches_leaf("class", "classifier/kernel")
 
 
+def test_exclude_covers_everything_inside_a_head():
+    from tests.adapters.roberta_shapes import roberta_base_like
+
+    every = find_targets(roberta_base_like(layers=1), jaxlora.AdapterConfig(targets="all-linear"))
+    assert not [p for p in every if p[0] == "classifier"]  # RoBERTa's classifier/dense and out_proj
+    assert len(every) == 6
+
+
 def test_rank_and_alpha_overrides_and_scales():
     _, frozen, _ = tiny_model()
     cfg = jaxlora.AdapterConfig(rank=4, alpha=8, targets=("query", "value"),

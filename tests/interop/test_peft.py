@@ -261,8 +261,8 @@ def test_scale_mismatch_is_folded_into_lora_b(tiny_models, monkeypatch):
 
 
 def test_adapting_inside_the_head_of_a_classifier_is_a_clear_export_error(tiny_models, tmp_path):
-    model = tiny_models["roberta"]  # "all-linear" reaches classifier/dense, which PEFT's SEQ_CLS never adapts
-    cfg = jaxlora.AdapterConfig("lora", rank=2, targets="all-linear", trainable=())
+    model = tiny_models["roberta"]  # classifier/dense, which PEFT's SEQ_CLS never adapts
+    cfg = jaxlora.AdapterConfig("lora", rank=2, targets=("query", "dense"), exclude=(), trainable=())
     adapter = jaxlora.init(jax.random.key(0), model.frozen, cfg)
     with pytest.raises(ValueError, match=r"adapts \['classifier/dense'.*inside the classification head"):
         save_peft(tmp_path / "peft", model.module, model.frozen, adapter, cfg)
