@@ -1,0 +1,22 @@
+"""CondLoRA (one shared linear map per module type; r=8, alpha=8, query and value) on SST-2 with the CondLoRA paper's protocol (`:offline` for MiniLM + local GLUE files).
+
+Learning rates: the paper's per-task CondLoRA rates (METHODS.md section 3).
+
+    python train.py --config configs/condlora_sst2.py --workdir runs/condlora_sst2
+    python train.py --config configs/condlora_sst2.py:offline --workdir runs/condlora_sst2 --config.max_steps=300
+"""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # config_flags loads this file by path: make `configs.common` importable
+    sys.path.insert(0, ROOT)
+
+from configs import common  # noqa: E402
+
+
+def get_config(arg=None):
+    """The config; ``arg``: "offline" and/or a GLUE task name, comma-separated."""
+    config = common.get_config(arg, variant="condlora", learning_rates=common.CONDLORA_LEARNING_RATES, offline_learning_rate=1e-3)
+    return config

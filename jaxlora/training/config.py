@@ -1,0 +1,354 @@
+"""The training config: every field :func:`jaxlora.training.train` reads, checked before a run starts.
+
+A run is described by one ``ml_collections.ConfigDict``. :func:`default_config` lists every field
+with a neutral default (the schema); the experiment files under ``configs/`` start from it and set
+a protocol (the CondLoRA paper's, or a CPU-sized offline one). :func:`validate` rejects unknown or
+mistyped fields with a message naming them, so a typo never silently trains the default.
+
+A few fields resolve from the task when left at their "auto" value:
+
+* ``optimizer.learning_rate = -1``: ``optimizer.task_learning_rates[task]`` (a method's per-task
+  learning rates, filled by the config files), so ``--config.task=rte`` picks RTE's rate;
+* ``num_epochs = 0``: the protocol's epoch cap of the task (``GlueTask.max_epochs``).
+
+Example::
+
+    config = default_config()
+    config.task = "mrpc"
+    config.lora.variant = "condlora"
+    validate(config)
+    adapter_config(config)   # jaxlora.AdapterConfig(variant="condlora", ...)
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from typing import Any, Sequence
+
+import ml_collections
+
+from jaxlora.adapters.base import registered_variants
+from jaxlora.adapters.config import AdapterConfig
+from jaxlora.data.glue import get_task, task_names
+
+__all__ = [
+    "FULL_VARIANT",
+    "default_config",
+    "validate",
+    "adapter_config",
+    "learning_rate",
+    "num_epochs",
+    "flags_parser",
+]
+
+# Not a low-rank variant: every model parameter trains (full fine-tuning, the usual baseline).
+FULL_VARIANT = "full"
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field of a training run, with neutral defaults (a locked ``ConfigDict``).
+
+    Example::
+
+        config = default_config()
+        config.model = "minilm-l6"; config.data_dir = "../shared/data/glue"
+    """
+    c = ml_collections.ConfigDict()
+    # What to train on.
+    c.task = "sst2"  # any GLUE task: cola sst2 mrpc stsb rte qnli qqp mnli
+    c.model = "FacebookAI/roberta-base"  # preset ("minilm-l6"), local HF folder, or Hub id
+    c.tokenizer = ""  # "" = the model's own tokenizer
+    c.dtype = "float32"  # computation and frozen-parameter dtype: float32 or bfloat16
+    c.model_dropout = -1.0  # hidden/attention dropout of the model; < 0 keeps the checkpoint's
+    c.data_dir = ""  # local GLUE folder (GLUE_DIR layout); "" = the Hugging Face hub
+    c.validation_fraction = 0.1  # share of GLUE train held out to select checkpoints
+    c.split_seed = 1  # the protocol's fixed shuffle of GLUE train (not a training seed)
+    c.max_length = 512  # tokens; batches are padded to the next bucket only (dynamic padding)
+    c.min_bucket = 16  # smallest padded length; buckets double up to max_length
+    c.group_by_length = False  # batch similar lengths together (less padding, same epoch content)
+    c.max_eval_examples = -1  # cap on validation examples per evaluation (-1: all)
+    c.cache_dir = ""  # tokenization cache ("" = $JAXLORA_CACHE/tokenized or ~/.cache/jaxlora)
+
+    # How long and how often.
+    c.batch_size = 16
+    c.eval_batch_size = 64
+    c.num_epochs = 0  # 0: the task's protocol cap (e.g. 60 for SST-2)
+    c.max_steps = -1  # caps the run (-1: no cap); the schedule decays over the capped length
+    c.eval_every = 0  # steps between validations (0: once per epoch); always once at the end
+    c.log_every = 50  # steps between train-metric lines in metrics.jsonl
+    c.seed = 0  # adapter init, head init, dropout and data order
+
+    # The adapter: mirrors jaxlora.AdapterConfig; variant "full" fine-tunes every parameter.
+    c.lora = ml_collections.ConfigDict()
+    c.lora.variant = "lora"
+    c.lora.rank = 8
+    c.lora.alpha = 8.0
+    c.lora.targets = ("query", "value")
+    c.lora.exclude = ("classifier", "lm_head", "score")
+    c.lora.trainable = ("classifier",)  # leaves trained in full (the task head)
+    c.lora.rank_pattern = {}
+    c.lora.alpha_pattern = {}
+    c.lora.dropout = 0.0
+    c.lora.rslora = False
+    c.lora.structure = "shim"
+    c.lora.mtlora_init = "kaiming"
+    c.lora.rectangular = False
+
+    # Optimisation: adamw with linear warmup and linear decay to zero.
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.learning_rate = 1e-4  # -1: task_learning_rates[task]
+    c.optimizer.task_learning_rates = ml_collections.ConfigDict()  # {task: lr}, used when learning_rate = -1
+    c.optimizer.lowrank_learning_rate = -1.0  # group "lowrank" (adapter); -1: learning_rate
+    c.optimizer.full_learning_rate = -1.0  # group "full" (head / full fine-tuning); -1: learning_rate
+    c.optimizer.weight_decay = 0.0  # decoupled, on matrices only (not biases or norms)
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+    c.optimizer.warmup_ratio = 0.1
+    c.optimizer.clip_norm = 0.0  # global-norm gradient clipping (0: off)
+
+    # Devices: a mesh with axes (data, fsdp, tensor); -1 fills the remaining devices.
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    c.mesh.adapter_fsdp_min_size = 1 << 20  # adapter leaves at least this large shard over fsdp
+
+    # Checkpoints (orbax) and outputs.
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.keep = 2  # latest checkpoints kept, besides the best one by validation
+    c.checkpoint.every = 0  # steps between extra saves (0: save at each validation only)
+    c.checkpoint.async_save = True  # write in the background while training goes on
+    c.resume = True  # continue from workdir's latest checkpoint when there is one
+    c.init_from_peft = ""  # a PEFT LoRA folder to start from (needs jaxlora.interop)
+    c.export = True  # write workdir/adapter (native) and workdir/peft_adapter at the end
+    c.progress_bar = True
+    c.plot = True  # workdir/learning_curves.png
+    c.lock()
+    return c
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+
+def _known(node: ml_collections.ConfigDict) -> list[str]:
+    return sorted(node.keys())
+
+
+# Fields whose value is a free mapping (keys are data, not field names).
+_FREE_MAPPINGS = {("lora", "rank_pattern"), ("lora", "alpha_pattern"), ("optimizer", "task_learning_rates")}
+
+
+def _check_fields(config, schema, path: tuple[str, ...], problems: list[str]) -> None:
+    for key in sorted(config.keys()):
+        where = ".".join(("config",) + path + (key,))
+        if key not in schema:
+            close = difflib.get_close_matches(key, list(schema.keys()), n=1)
+            hint = f" Did you mean {'.'.join(('config',) + path + (close[0],))!r}?" if close else ""
+            problems.append(f"unknown field {where!r}.{hint} Known fields there: {_known(schema)}.")
+            continue
+        value, default = config[key], schema[key]
+        if path + (key,) in _FREE_MAPPINGS:
+            continue
+        if isinstance(default, ml_collections.ConfigDict):
+            if not isinstance(value, (ml_collections.ConfigDict, dict)):
+                problems.append(f"{where} must be a group of fields, got {value!r}.")
+            else:
+                _check_fields(ml_collections.ConfigDict(value) if isinstance(value, dict) else value,
+                              default, path + (key,), problems)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                problems.append(f"{where} must be True or False, got {value!r}.")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                problems.append(f"{where} must be a number, got {value!r}.")
+            elif isinstance(default, int) and not isinstance(default, bool) and float(value) != int(value):
+                problems.append(f"{where} must be a whole number, got {value!r}.")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raise one ``ValueError`` listing every unknown or invalid field of ``config``.
+
+    Example::
+
+        config = default_config().unlock(); config.lora.rnk = 4
+        validate(config)   # ValueError: unknown field 'config.lora.rnk'. Did you mean 'config.lora.rank'? ...
+    """
+    problems: list[str] = []
+    schema = default_config()
+    _check_fields(config, schema, (), problems)
+    missing = sorted(set(schema.keys()) - set(config.keys()))
+    if missing:
+        problems.append(f"missing fields {missing}: start configs from jaxlora.training.default_config().")
+    if not problems:
+        try:
+            get_task(config.task)
+        except (KeyError, ValueError):
+            problems.append(f"config.task={config.task!r} is not a GLUE task; choose one of {list(task_names())}.")
+        variants = sorted(registered_variants()) + [FULL_VARIANT]
+        if config.lora.variant not in variants:
+            problems.append(f"config.lora.variant={config.lora.variant!r} is unknown; choose one of {variants}.")
+        if config.dtype not in ("float32", "bfloat16"):
+            problems.append(f"config.dtype={config.dtype!r}: use 'float32' or 'bfloat16'.")
+        if config.batch_size < 1 or config.eval_batch_size < 1:
+            problems.append("config.batch_size and config.eval_batch_size must be positive.")
+        if not 0.0 <= config.optimizer.warmup_ratio < 1.0:
+            problems.append(f"config.optimizer.warmup_ratio must be in [0, 1), got {config.optimizer.warmup_ratio}.")
+        if config.checkpoint.keep < 1:
+            problems.append(f"config.checkpoint.keep must be at least 1, got {config.checkpoint.keep}.")
+        if config.max_steps == 0:
+            problems.append("config.max_steps=0 trains nothing: use a positive cap, or -1 for none.")
+    if problems:
+        raise ValueError("Invalid training config:\n  - " + "\n  - ".join(problems))
+
+
+# --------------------------------------------------------------------------------------------
+# Derived values
+
+
+def adapter_config(config: ml_collections.ConfigDict) -> AdapterConfig | None:
+    """The :class:`jaxlora.AdapterConfig` of ``config.lora``; None for full fine-tuning.
+
+    Example::
+
+        adapter_config(config).rank   # 8
+    """
+    lora = config.lora
+    if lora.variant == FULL_VARIANT:
+        return None
+    targets = lora.targets
+    return AdapterConfig(
+        variant=lora.variant,
+        rank=int(lora.rank),
+        alpha=float(lora.alpha),
+        targets=targets if isinstance(targets, str) else tuple(targets),
+        exclude=tuple(lora.exclude),
+        trainable=tuple(lora.trainable),
+        rank_pattern={str(k): int(v) for k, v in dict(lora.rank_pattern).items()},
+        alpha_pattern={str(k): float(v) for k, v in dict(lora.alpha_pattern).items()},
+        dropout=float(lora.dropout),
+        rslora=bool(lora.rslora),
+        structure=lora.structure,
+        mtlora_init=lora.mtlora_init,
+        rectangular=bool(lora.rectangular),
+    )
+
+
+def learning_rate(config: ml_collections.ConfigDict) -> float:
+    """The base learning rate: ``optimizer.learning_rate``, or the task's entry when it is -1.
+
+    Example::
+
+        config.optimizer.learning_rate = -1; config.optimizer.task_learning_rates = {"rte": 1.62e-4}
+        config.task = "rte"; learning_rate(config)   # 1.62e-4
+    """
+    opt = config.optimizer
+    if opt.learning_rate > 0:
+        return float(opt.learning_rate)
+    table = dict(opt.task_learning_rates)
+    task = get_task(config.task).name
+    if task not in table:
+        raise ValueError(
+            f"config.optimizer.learning_rate is -1 (the task's rate) but task_learning_rates has no entry "
+            f"for {task!r} (it has {sorted(table)}): set --config.optimizer.learning_rate=<value>."
+        )
+    return float(table[task])
+
+
+def num_epochs(config: ml_collections.ConfigDict) -> int:
+    """``config.num_epochs``, or the protocol's cap for the task when it is 0.
+
+    Example::
+
+        config.task = "sst2"; config.num_epochs = 0; num_epochs(config)   # 60
+    """
+    if config.num_epochs > 0:
+        return int(config.num_epochs)
+    return int(get_task(config.task).max_epochs) or 3
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def _override_paths(argv: Sequence[str], flag: str) -> list[tuple[str, str]]:
+    prefix = f"--{flag}."
+    found = []
+    for arg in argv:
+        if arg.startswith(prefix):
+            found.append((arg.split("=", 1)[0][2:], arg))
+    return found
+
+
+def flags_parser(argv: Sequence[str], flag: str = "config") -> list[str]:
+    """absl ``flags_parser`` that turns a bad ``--config.x.y=...`` override into one clear message.
+
+    ml_collections reports an unknown override as a bare ``AttributeError: 'x'`` with a traceback;
+    this names the flag, the field and the fields that exist, then exits with status 2.
+
+    Example::
+
+        app.run(main, flags_parser=jaxlora.training.flags_parser)
+    """
+    from absl import flags
+
+    try:
+        return flags.FLAGS(list(argv))
+    except (AttributeError, KeyError) as err:
+        import re
+
+        text = str(err)
+        name_match = re.search(r"[A-Za-z_][A-Za-z0-9_]*", text)
+        name = name_match.group(0) if name_match else text
+        suggestion = re.search(r'Did you mean \W*"?(\w+)', text)
+        culprits = [arg for path, arg in _override_paths(argv, flag) if name in path.split(".")]
+        culprit = culprits[0] if culprits else f"--{flag}.{name}"
+        hint = f"Did you mean {suggestion.group(1)!r}? " if suggestion else ""
+        sys.stderr.write(
+            f"FATAL: unknown config field in {culprit!r}: {name!r} is not a field of that config. {hint}"
+            "The fields are listed in jaxlora/training/config.py (default_config) and set in configs/common.py.\n"
+        )
+        sys.exit(2)
+    except flags.Error as err:
+        sys.stderr.write(f"FATAL flags parsing error: {err}\n")
+        sys.exit(2)
+
+
+def glue_dir_default(repo_root: str | os.PathLike) -> str:
+    """$GLUE_DIR, else ``<repo>/../shared/data/glue`` when it exists; otherwise a clear error.
+
+    Example::
+
+        glue_dir_default("/work/main")   # "/work/shared/data/glue"
+    """
+    value = os.environ.get("GLUE_DIR", "")
+    if value:
+        if not os.path.isdir(value):
+            raise FileNotFoundError(
+                f"GLUE_DIR={value!r} is not a folder. Point GLUE_DIR at the folder that holds the GLUE task "
+                "folders (e.g. $GLUE_DIR/SST-2/train.tsv)."
+            )
+        return os.path.abspath(value)
+    fallback = os.path.abspath(os.path.join(os.fspath(repo_root), "..", "shared", "data", "glue"))
+    if os.path.isdir(fallback):
+        return fallback
+    raise FileNotFoundError(
+        f"The offline config reads GLUE files from $GLUE_DIR, which is not set, and the default {fallback!r} "
+        "does not exist. Set GLUE_DIR to the folder that holds the GLUE task folders "
+        "(e.g. export GLUE_DIR=/data/glue with /data/glue/SST-2/train.tsv)."
+    )
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """A JSON-friendly copy of ``config`` (tuples as lists) for results and checkpoints."""
+    def plain(value):
+        if isinstance(value, (ml_collections.ConfigDict, dict)):
+            return {str(k): plain(v) for k, v in dict(value).items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(config.to_dict())

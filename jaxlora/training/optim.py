@@ -1,0 +1,139 @@
+"""The optimiser: optax adamw on the trainable tree only, with a warmup-then-linear-decay schedule.
+
+The tree being optimised is ``adapter.trainable = {"lowrank": ..., "full": ...}`` (for full
+fine-tuning, ``{"lowrank": {}, "full": <all model params>}``), so the optimiser state exists for
+trainable leaves only: frozen weights never get Adam moments.
+
+The two top-level groups may train at different rates (``optax.multi_transform`` on the group
+label of each leaf): a low-rank adapter often wants a larger rate than the head it trains with.
+Weight decay is decoupled (adamw) and applies to matrices only, never to biases and norm scales.
+
+Example::
+
+    schedule = linear_schedule(1e-3, total_steps=1000, warmup_steps=100)
+    tx = make_optimizer(OptimizerSpec(learning_rate=1e-3), total_steps=1000)
+    opt_state = tx.init(adapter.trainable)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import optax
+
+__all__ = ["GROUPS", "OptimizerSpec", "linear_schedule", "group_labels", "make_optimizer", "optimizer_spec"]
+
+GROUPS = ("lowrank", "full")
+
+
+class OptimizerSpec(NamedTuple):
+    """Numbers of the optimiser; ``lowrank_learning_rate``/``full_learning_rate`` <= 0 mean ``learning_rate``."""
+
+    learning_rate: float
+    lowrank_learning_rate: float = -1.0
+    full_learning_rate: float = -1.0
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    warmup_ratio: float = 0.1
+    clip_norm: float = 0.0
+
+    def group_rate(self, group: str) -> float:
+        rate = self.lowrank_learning_rate if group == "lowrank" else self.full_learning_rate
+        return float(rate) if rate > 0 else float(self.learning_rate)
+
+
+def optimizer_spec(config, base_learning_rate: float) -> OptimizerSpec:
+    """The :class:`OptimizerSpec` of a training config's ``optimizer`` group.
+
+    Example::
+
+        spec = optimizer_spec(config, jaxlora.training.config.learning_rate(config))
+    """
+    opt = config.optimizer
+    return OptimizerSpec(
+        learning_rate=float(base_learning_rate),
+        lowrank_learning_rate=float(opt.lowrank_learning_rate),
+        full_learning_rate=float(opt.full_learning_rate),
+        weight_decay=float(opt.weight_decay),
+        b1=float(opt.b1),
+        b2=float(opt.b2),
+        eps=float(opt.eps),
+        warmup_ratio=float(opt.warmup_ratio),
+        clip_norm=float(opt.clip_norm),
+    )
+
+
+def linear_schedule(peak: float, total_steps: int, warmup_steps: int) -> optax.Schedule:
+    """0 -> ``peak`` over ``warmup_steps``, then linearly to 0 at ``total_steps`` (HF's linear schedule).
+
+    Example::
+
+        s = linear_schedule(1.0, total_steps=10, warmup_steps=2)
+        [float(s(i)) for i in (0, 1, 2, 6, 10)]   # [0.0, 0.5, 1.0, 0.5, 0.0]
+    """
+    total_steps = max(int(total_steps), 1)
+    warmup_steps = min(max(int(warmup_steps), 0), total_steps - 1) if total_steps > 1 else 0
+    decay = optax.linear_schedule(peak, 0.0, total_steps - warmup_steps)
+    if warmup_steps == 0:
+        return decay
+    warmup = optax.linear_schedule(0.0, peak, warmup_steps)
+    return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
+def group_labels(trainable: dict) -> dict:
+    """The group name of every leaf: ``{"lowrank": <"lowrank" leaves>, "full": <"full" leaves>}``.
+
+    Example::
+
+        group_labels({"lowrank": {"a": x}, "full": {}})   # {"lowrank": {"a": "lowrank"}, "full": {}}
+    """
+    unknown = sorted(set(trainable) - set(GROUPS))
+    if unknown:
+        raise ValueError(f"Trainable groups {unknown} are unknown; an adapter's trainable tree has {GROUPS}.")
+    return {group: jax.tree.map(lambda _, g=group: g, subtree) for group, subtree in trainable.items()}
+
+
+def _decay_mask(tree):
+    # Decoupled weight decay on matrices only: biases, norm scales and vectors are not decayed.
+    return jax.tree.map(lambda x: x.ndim >= 2, tree)
+
+
+def _adamw(spec: OptimizerSpec, schedule: optax.Schedule) -> optax.GradientTransformation:
+    return optax.adamw(schedule, b1=spec.b1, b2=spec.b2, eps=spec.eps, weight_decay=spec.weight_decay, mask=_decay_mask)
+
+
+def make_optimizer(spec: OptimizerSpec, total_steps: int) -> optax.GradientTransformation:
+    """adamw (+ optional global-norm clipping) with the linear schedule, per-group rates when they differ.
+
+    Example::
+
+        tx = make_optimizer(OptimizerSpec(1e-3, full_learning_rate=1e-4), total_steps=500)
+        state = tx.init(adapter.trainable)
+    """
+    if spec.learning_rate <= 0:
+        raise ValueError(f"learning_rate must be positive, got {spec.learning_rate}.")
+    warmup = int(round(spec.warmup_ratio * total_steps))
+    rates = {group: spec.group_rate(group) for group in GROUPS}
+    if rates["lowrank"] == rates["full"]:
+        tx = _adamw(spec, linear_schedule(rates["lowrank"], total_steps, warmup))
+    else:
+        tx = optax.multi_transform(
+            {group: _adamw(spec, linear_schedule(rate, total_steps, warmup)) for group, rate in rates.items()},
+            group_labels,
+        )
+    if spec.clip_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(spec.clip_norm), tx)
+    return tx
+
+
+def schedule_of(spec: OptimizerSpec, total_steps: int, group: str = "lowrank") -> optax.Schedule:
+    """The learning-rate schedule of ``group`` (for logging the current rate).
+
+    Example::
+
+        float(schedule_of(spec, 1000)(0))   # 0.0 (warmup starts at zero)
+    """
+    return linear_schedule(spec.group_rate(group), total_steps, int(round(spec.warmup_ratio * total_steps)))

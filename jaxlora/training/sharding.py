@@ -1,0 +1,263 @@
+"""Where every array lives: a (data, fsdp, tensor) device mesh and the NamedShardings of a run.
+
+One mesh, three axes:
+
+* ``data``: pure data parallelism, batch rows split, parameters replicated;
+* ``fsdp``: batch rows split *and* large parameters split along their ``embed`` dimension
+  (ZeRO-3 style: XLA gathers them for each use);
+* ``tensor``: heads / MLP / vocabulary dimensions split (Megatron style).
+
+Frozen parameters are placed by their logical axis names (:func:`jaxlora.models.logical_axes`)
+through flax's logical rules (:data:`DEFAULT_RULES`); a dimension that the mesh axis does not divide
+stays whole (so any model runs on any mesh). Adapters are small: their leaves are replicated
+unless they hold at least ``adapter_fsdp_min_size`` numbers, then split over ``fsdp``. Leaves
+trained in full (a head, or the whole model) keep the frozen layout of the same path. Optimiser
+moments follow their parameter. Batches are split over ``(data, fsdp)``.
+
+The same code runs on one CPU, on ``--xla_force_host_platform_device_count=8``, on a GPU and on
+a TPU slice; only the mesh sizes in the config change.
+
+Example::
+
+    mesh = make_mesh(data=-1, fsdp=2)
+    frozen_sh = frozen_shardings(module, frozen, mesh)
+    frozen = jax.device_put(frozen, frozen_sh)
+    batch = put_batch(numpy_batch, batch_sharding(mesh))
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxlora.models import logical_axes
+
+__all__ = [
+    "AXES",
+    "BATCH_AXES",
+    "DEFAULT_RULES",
+    "DEVICE_BATCH_KEYS",
+    "make_mesh",
+    "replicated",
+    "batch_sharding",
+    "fit_spec",
+    "frozen_shardings",
+    "adapter_shardings",
+    "like_params",
+    "put_batch",
+    "put_tree",
+]
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+# Logical parameter axis -> mesh axis. "embed" is the fsdp axis; the wide dimensions go to tensor.
+DEFAULT_RULES = (
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("labels", None),
+)
+# What a training step reads from a batch (idx stays on the host: it may not fit int32).
+DEVICE_BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "example_mask")
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+    """A mesh with axes ``("data", "fsdp", "tensor")``; one size may be -1 (all remaining devices).
+
+    Example::
+
+        make_mesh(data=2, fsdp=4).shape   # {"data": 2, "fsdp": 4, "tensor": 1} on 8 devices
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = [int(data), int(fsdp), int(tensor)]
+    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"Mesh sizes must be positive, with at most one -1 (fill); got data={data}, fsdp={fsdp}, tensor={tensor}.")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(
+                f"Mesh fsdp/tensor/data sizes {sizes} do not divide the {len(devices)} available devices."
+            )
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(
+            f"The mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs {math.prod(sizes)} devices, "
+            f"but {len(devices)} are available: set --config.mesh.data=-1 to use all of them."
+        )
+    try:
+        grid = mesh_utils.create_device_mesh(tuple(sizes), devices=devices)
+    except (ValueError, NotImplementedError, AssertionError):  # unusual topologies: plain order
+        grid = np.asarray(devices, dtype=object).reshape(sizes)
+    return Mesh(grid, AXES)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """The sharding of an array every device holds whole.
+
+    Example::
+
+        jax.device_put(step, replicated(mesh))
+    """
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Rows split over ``(data, fsdp)``, everything else whole.
+
+    Example::
+
+        batch_sharding(mesh).spec   # PartitionSpec(("data", "fsdp"))
+    """
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def _axis_size(mesh: Mesh, axes) -> int:
+    if axes is None:
+        return 1
+    names = axes if isinstance(axes, tuple) else (axes,)
+    return math.prod(mesh.shape[name] for name in names)
+
+
+def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """``spec`` with every dimension the mesh cannot split evenly left whole.
+
+    Example::
+
+        fit_spec(PartitionSpec("fsdp", None), (37, 8), mesh_with_fsdp_4)   # PartitionSpec(None, None)
+    """
+    entries = list(spec) + [None] * (len(shape) - len(spec))
+    return PartitionSpec(*[
+        axes if axes is not None and dim % _axis_size(mesh, axes) == 0 else None
+        for axes, dim in zip(entries, shape)
+    ])
+
+
+def frozen_shardings(module: nn.Module, params: Mapping, mesh: Mesh, rules=DEFAULT_RULES) -> dict:
+    """NamedShardings of a model's parameters from their logical axis names and ``rules``.
+
+    Example::
+
+        frozen = jax.device_put(frozen, frozen_shardings(module, frozen, mesh))
+    """
+    axes = logical_axes(module, params)
+
+    def place(logical: PartitionSpec, leaf) -> NamedSharding:
+        mesh_spec = nn.logical_to_mesh_axes(tuple(logical), rules)
+        return NamedSharding(mesh, fit_spec(mesh_spec, np.shape(leaf), mesh))
+
+    return jax.tree.map(place, axes, params, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def _small_or_fsdp(leaf, mesh: Mesh, min_size: int) -> NamedSharding:
+    shape = np.shape(leaf)
+    fsdp = mesh.shape["fsdp"]
+    if fsdp == 1 or int(np.prod(shape)) < min_size:
+        return replicated(mesh)
+    # Split the largest dimension fsdp divides; none: keep it whole.
+    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        if shape[dim] % fsdp == 0:
+            return NamedSharding(mesh, PartitionSpec(*[("fsdp" if d == dim else None) for d in range(len(shape))]))
+    return replicated(mesh)
+
+
+def _path_lookup(tree: Mapping, path: tuple) -> Any:
+    node = tree
+    for key in path:
+        node = node[key]
+    return node
+
+
+def adapter_shardings(
+    trainable: Mapping, fixed: Mapping, mesh: Mesh, frozen_sh: Mapping | None, min_size: int = 1 << 20
+) -> tuple[dict, dict]:
+    """Shardings of ``(trainable, fixed)``: small leaves replicated, large ones over fsdp, "full" like frozen.
+
+    Example::
+
+        trainable_sh, fixed_sh = adapter_shardings(adapter.trainable, adapter.fixed, mesh, frozen_sh)
+    """
+    def lowrank_like(tree):
+        return jax.tree.map(lambda leaf: _small_or_fsdp(leaf, mesh, min_size), tree)
+
+    trainable_sh = {}
+    for group, subtree in trainable.items():
+        if group == "full" and frozen_sh is not None:
+            # A leaf trained in full is a copy of a frozen leaf: same path, same layout.
+            def same_as_frozen(path, leaf):
+                keys = tuple(getattr(k, "key", k) for k in path)
+                try:
+                    sharding = _path_lookup(frozen_sh, keys)
+                except (KeyError, TypeError):
+                    return _small_or_fsdp(leaf, mesh, min_size)
+                return NamedSharding(mesh, fit_spec(sharding.spec, np.shape(leaf), mesh))
+
+            trainable_sh[group] = jax.tree_util.tree_map_with_path(same_as_frozen, subtree)
+        else:
+            trainable_sh[group] = lowrank_like(subtree)
+    return trainable_sh, lowrank_like(fixed)
+
+
+def like_params(abstract_state: Any, params: Any, param_shardings: Any, mesh: Mesh) -> Any:
+    """Shardings for an optimiser state: a leaf whose path ends with a parameter's path (and shape) gets
+    that parameter's sharding, anything else (counts, scalars) is replicated.
+
+    Example::
+
+        opt_sh = like_params(jax.eval_shape(tx.init, trainable), trainable, trainable_sh, mesh)
+    """
+    by_path = {}
+    for (path, leaf), sharding in zip(
+        jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(param_shardings)
+    ):
+        by_path[tuple(str(k) for k in path)] = (np.shape(leaf), sharding)
+    longest = max((len(p) for p in by_path), default=0)
+
+    def place(path, leaf):
+        keys = tuple(str(k) for k in path)
+        for n in range(min(longest, len(keys)), 0, -1):
+            hit = by_path.get(keys[-n:])
+            if hit is not None and hit[0] == np.shape(leaf):
+                return hit[1]
+        return replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(place, abstract_state)
+
+
+def put_tree(tree: Any, shardings: Any) -> Any:
+    """``jax.device_put`` of a host tree onto its shardings (works multi-process: every host holds it whole).
+
+    Example::
+
+        frozen = put_tree(frozen, frozen_sh)
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+    return jax.tree.map(
+        lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda idx: np.asarray(x)[idx]), tree, shardings
+    )
+
+
+def put_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict:
+    """The device part of a host batch, rows split by ``sharding`` (every process passes the global batch).
+
+    Example::
+
+        device_batch = put_batch(batch, batch_sharding(mesh))
+    """
+    rows = len(batch["input_ids"])
+    shards = _axis_size(sharding.mesh, BATCH_AXES)
+    if rows % shards:
+        raise ValueError(
+            f"Batch size {rows} is not divisible by the {shards} batch shards of the mesh (data x fsdp): "
+            "choose a batch size that is a multiple of it."
+        )
+    host = {key: batch[key] for key in DEVICE_BATCH_KEYS}
+    return put_tree(host, {key: sharding for key in host})
