@@ -4,14 +4,17 @@ For every adapted square module, ``C_A = W0^{-1} A^T`` and ``C_B = W0^{-1} B`` (
 frozen weight); the script compares every pair of layers of one module type by the subspace similarity
 ``phi(i=j=rank)`` and compares with independent Gaussian matrices of the same shape.
 
-Input: ``.npz`` files written by :func:`jaxlora.theory.save_factors_npz` from an adapter, e.g.
+Input: adapter folders written by train.py (``<workdir>/adapter``, jaxlora's native format); the frozen
+model is loaded from ``--base-model`` (default: the ``base_model`` the adapter's metadata names). Or
+``.npz`` files written by :func:`jaxlora.theory.save_factors_npz`:
 
     factors = jaxlora.to_lora_factors(frozen, adapter, cfg)
     jaxlora.theory.save_factors_npz("lora_factors.npz", frozen, factors)
 
 Usage:
+    python experiments/conversion_matrices.py --lora runs/lora_sst2/adapter --condlora runs/condlora_sst2/adapter \
+        --out runs/conversion
     python experiments/conversion_matrices.py --lora lora_factors.npz --out runs/conversion
-    python experiments/conversion_matrices.py --lora lora.npz --condlora condlora.npz --out runs/conversion
 
 Writes into ``--out``: ``layer_similarity.csv`` (module, factor, layer pair, phi, random phi),
 ``summary.csv`` (mean off-diagonal phi per module and factor against two baselines: independent
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import warnings
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -73,7 +77,7 @@ def analyse(frozen: Mapping, factors: Mapping, out_dir: str, rank: Optional[int]
             {f"{label} C_A ({module})": result.c_a, f"{label} C_B ({module})": result.c_b,
              "random Gaussian": result.random, "W0^-1 x random Gaussian": stricter},
             os.path.join(out_dir, f"theory_conversion_{module}.png"), layer_labels=result.layers,
-            title=f"subspace similarity phi(i=j={rank or 'r'}) between layers")
+            title=f"subspace similarity phi(i=j={rank or _columns(conversions, module)}) between layers")
     _write(os.path.join(out_dir, "layer_similarity.csv"), pair_rows)
     _write(os.path.join(out_dir, "summary.csv"), summary)
 
@@ -108,22 +112,49 @@ def _write(path: str, rows: Sequence[dict]) -> None:
         writer.writerows(rows)
 
 
+def load_factors(source: str, base_model: Optional[str] = None) -> tuple:
+    """``(frozen params, {module_path: LoraFactors})`` from a native adapter folder or a ``.npz`` file."""
+    if os.path.isfile(source):
+        return theory.load_factors_npz(source)
+    if not os.path.isdir(source):
+        raise FileNotFoundError(
+            f"{source} is neither an adapter folder (train.py writes <workdir>/adapter) nor an .npz from "
+            "jaxlora.theory.save_factors_npz.")
+    import jaxlora
+    from jaxlora import interop
+    from jaxlora.models import from_pretrained
+
+    adapter, config, metadata = interop.load_adapter(source)
+    base = base_model or metadata.get("base_model")
+    if not base:
+        raise ValueError(f"{source} does not name its base model in its metadata; pass --base-model.")
+    # The frozen kernels are all the analysis needs; the classifier head is irrelevant, so any size works
+    # (and the warning that it is freshly initialised is noise here).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, frozen = from_pretrained(base, task="sequence_classification")
+    return frozen, jaxlora.to_lora_factors(frozen, adapter, config)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lora", required=True, help=".npz from jaxlora.theory.save_factors_npz (trained LoRA)")
-    parser.add_argument("--condlora", default=None, help="optional .npz of a trained CondLoRA (for Table 3)")
+    parser.add_argument("--lora", required=True,
+                        help="trained LoRA: native adapter folder (train.py's <workdir>/adapter) or .npz")
+    parser.add_argument("--condlora", default=None, help="optional trained CondLoRA, folder or .npz (Table 3)")
+    parser.add_argument("--base-model", default=None,
+                        help="frozen model for adapter folders (default: the adapter metadata's base_model)")
     parser.add_argument("--rank", type=int, default=None, help="i = j of phi (default: the adapter's rank)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random Gaussian baseline")
     parser.add_argument("--out", default="runs/conversion_matrices", help="output directory")
     args = parser.parse_args(argv)
 
     for path in (args.lora, args.condlora):
-        if path is not None and not os.path.isfile(path):
-            parser.error(f"{path} does not exist; write it with jaxlora.theory.save_factors_npz(path, frozen, "
-                         "jaxlora.to_lora_factors(frozen, adapter, cfg)).")
-    frozen, factors = theory.load_factors_npz(args.lora)
-    cond_frozen, cond_factors = theory.load_factors_npz(args.condlora) if args.condlora else (None, None)
+        if path is not None and not os.path.exists(path):
+            parser.error(f"{path} does not exist; pass an adapter folder written by train.py (<workdir>/adapter) "
+                         "or an .npz from jaxlora.theory.save_factors_npz(path, frozen, factors).")
+    frozen, factors = load_factors(args.lora, args.base_model)
+    cond_frozen, cond_factors = load_factors(args.condlora, args.base_model) if args.condlora else (None, None)
     result = analyse(frozen, factors, args.out, args.rank, args.seed, cond_frozen, cond_factors)
     for row in result["summary"]:
         print(f"{row['module']:>10s} {row['factor']}: mean phi between layers {row['mean_offdiag_phi']:.3f} "
