@@ -548,6 +548,7 @@ def train(config, workdir: str | os.PathLike, *, hooks: Sequence[Callable[[int],
             tracker.best_metric, tracker.best_step = value, step
         tracker.last_eval_step = step
         tracker.eval_time += time.perf_counter() - t0
+        tracker.window_start += time.perf_counter() - t0  # the logged examples/s is training only
         metrics_log.write({"step": step, "split": "validation", **metrics})
         bar.write(f"step {step}: validation {', '.join(f'{k} {v:.4f}' for k, v in metrics.items())}"
                   f" (best {tracker.best_metric:.4f} at step {tracker.best_step})")
@@ -573,7 +574,7 @@ def train(config, workdir: str | os.PathLike, *, hooks: Sequence[Callable[[int],
         while pending:
             done, metrics, examples = pending.pop(0)
             t0 = time.perf_counter()
-            jax.block_until_ready(metrics)
+            metrics = jax.device_get(metrics)  # waits for the step: device time, not host time
             tracker.wait_time += time.perf_counter() - t0
             loss = float(metrics["loss"])
             check_loss(done, loss, bool(metrics["params_finite"]))

@@ -37,9 +37,22 @@ def write_sst2(folder: pathlib.Path, n_train: int = 80, n_dev: int = 24, seed: i
     return folder
 
 
+def write_stsb(folder: pathlib.Path, n_train: int = 40, n_dev: int = 16, seed: int = 0) -> pathlib.Path:
+    """``folder/STS-B/{train,dev}.tsv`` as a Hugging Face export: sentence1, sentence2, label (0-5)."""
+    rng = random.Random(seed)
+    task = folder / "STS-B"
+    task.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", n_train), ("dev", n_dev)):
+        rows = [(_sentence(rng)[0], _sentence(rng)[0], round(rng.uniform(0, 5), 2)) for _ in range(n)]
+        (task / f"{name}.tsv").write_text("sentence1\tsentence2\tlabel\n" + "".join(f"{a}\t{b}\t{y}\n" for a, b, y in rows))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_glue(tmp_path_factory) -> pathlib.Path:
-    return write_sst2(tmp_path_factory.mktemp("glue"))
+    folder = tmp_path_factory.mktemp("glue")
+    write_stsb(folder)
+    return write_sst2(folder)
 
 
 @pytest.fixture(scope="session")

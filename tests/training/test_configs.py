@@ -56,3 +56,30 @@ def test_every_config_trains_two_steps(method, tiny_factory, tmp_path):
         assert results["trainable_params"] == results["param_counts"]["frozen"]
     else:
         assert results["trainable_params"] < results["param_counts"]["frozen"]
+
+
+def test_regression_task_trains_with_mse_and_reports_pearson(tiny_factory, tmp_path):
+    config = tiny_factory("condlora", task="stsb")
+    results = training.train(config, tmp_path / "run")
+    assert results["task"] == "stsb" and results["metric_name"] == "pearson"
+    assert set(results["test_metrics"]) == {"pearson", "spearman"}
+    first = json.loads((tmp_path / "run" / "predictions.jsonl").read_text().splitlines()[0])
+    assert len(first["logits"]) == 1 and isinstance(first["label"], float)
+
+
+def test_init_from_peft_starts_from_the_exported_adapter(tiny_factory, tmp_path):
+    import jax
+    import numpy as np
+
+    import jaxlora
+    from jaxlora import interop
+
+    workdir = tmp_path / "run"
+    training.train(tiny_factory("lora"), workdir)
+    trained, trained_config, _ = interop.load_adapter(str(workdir / "adapter"))
+    run = training.build(tiny_factory("lora", init_from_peft=str(workdir / "peft_adapter")))
+    started = jaxlora.Adapter(jax.device_get(run.initial_state.trainable), jax.device_get(run.initial_state.fixed))
+    expected = jaxlora.merge(run.frozen_host, trained, trained_config)
+    got = jaxlora.merge(run.frozen_host, started, run.adapter_config)
+    for x, y in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+        np.testing.assert_allclose(x, y, atol=1e-6)
