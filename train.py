@@ -9,6 +9,8 @@ the same command resumes from the latest checkpoint in --workdir.
 
 import logging
 import os
+import signal
+import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -25,6 +27,10 @@ _MULTI_PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_N
                       "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -35,7 +41,11 @@ def main(argv):
         import jax
 
         jax.distributed.initialize()
-    results = jaxlora.training.train(_CONFIG.value, _WORKDIR.value)
+    signal.signal(signal.SIGTERM, _interrupt)  # preemption: save a checkpoint like Ctrl-C does
+    try:
+        results = jaxlora.training.train(_CONFIG.value, _WORKDIR.value)
+    except KeyboardInterrupt:
+        sys.exit(130)  # the checkpoint is saved and the message printed
     print(f"{results['task']} {results['variant']}: test {results['metric_name']} {results['test_metric']:.4f} "
           f"(best step {results['best_step']}); {results['train_examples_per_s']:.1f} train examples/s; "
           f"results in {_WORKDIR.value}/results.json")

@@ -331,6 +331,8 @@ def build(config) -> Run:
     train_data, validation_data, test_data = _load_data(config, task)
     buckets = jdata.bucket_lengths(int(config.max_length), min(int(config.min_bucket), int(config.max_length)))
     module, frozen_host = _load_model(config, task)
+    # Host copies: sharded device copies are made below; keeping a whole copy on one device would waste it.
+    frozen_host = jax.device_get(frozen_host)
     adapter, adapter_config = _initial_adapter(config, module, frozen_host, config_lib.adapter_config(config))
 
     spe = jdata.steps_per_epoch(train_data.num_examples, int(config.batch_size))
@@ -443,6 +445,8 @@ def _check_resumable(meta: Mapping, run: Run, directory: str) -> None:
 def _export(run: Run, workdir: str, state: TrainState, step: int) -> dict:
     """Write workdir/adapter (native) and workdir/peft_adapter; the merged model for full fine-tuning."""
     exported = {}
+    if jax.process_index() != 0:
+        return exported  # one writer
     trainable = jax.device_get(state.trainable)
     fixed = jax.device_get(state.fixed)
     if run.adapter_config is None:
@@ -637,8 +641,7 @@ def train(config, workdir: str | os.PathLike, *, hooks: Sequence[Callable[[int],
         checkpointer.close()
         message = (f"Interrupted at step {step}: saved a checkpoint in {ckpt_dir}. "
                    "Run the same command again to resume from it.")
-        log.warning(message)
-        print(message, flush=True)
+        print(message, flush=True)  # always visible, whatever the logging setup
         raise
     except BaseException:
         bar.close()

@@ -158,7 +158,9 @@ class MetricsLog:
         if not _is_writer():
             return
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        kept = [r for r in read_metrics(self.path) if int(r.get("step", 0)) <= resume_step] if resume_step > 0 else []
+        # A finished run's test line is written again at the end of the resumed one.
+        kept = [r for r in read_metrics(self.path)
+                if int(r.get("step", 0)) <= resume_step and r.get("split") != "test"] if resume_step > 0 else []
         with open(self.path, "w") as f:
             for record in kept:
                 f.write(json.dumps(record) + "\n")
