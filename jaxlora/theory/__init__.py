@@ -11,7 +11,8 @@ All constructions are float64 numpy and act on column vectors (``f(x) = W_L ... 
 """
 
 from jaxlora.theory.conversion import (ConversionMatrices, ModuleSimilarity, conversion_from_factors,
-                                       conversion_matrices, group_by_module, inverse_weight_random_similarity, layer_similarity,
+                                       conversion_matrices, group_by_module, inverse_weight_random_similarity,
+                                       layer_similarity,
                                        load_factors_npz, lora_condlora_similarity, paired_similarity,
                                        plot_similarity_heatmaps, random_similarity, save_factors_npz,
                                        similarity_report)
@@ -25,7 +26,8 @@ from jaxlora.theory.tfn import TFN, TFNBlock, TFNConstruction, random_tfn, tfn_c
 __all__ = [
     "ConversionMatrices", "conversion_from_factors", "conversion_matrices", "group_by_module",
     "layer_similarity", "paired_similarity", "plot_similarity_heatmaps", "random_similarity",
-    "inverse_weight_random_similarity", "ModuleSimilarity", "similarity_report", "lora_condlora_similarity", "save_factors_npz", "load_factors_npz",
+    "inverse_weight_random_similarity", "ModuleSimilarity", "similarity_report", "lora_condlora_similarity",
+    "save_factors_npz", "load_factors_npz",
     "DenseLayer", "FNNConstruction", "fnn_construction", "fnn_construction_errors", "fnn_forward",
     "fnn_group_layout", "fnn_rank_threshold", "fnn_relus_active", "random_fnn",
     "LinearConstruction", "chain_product", "linear_construction", "linear_construction_details",

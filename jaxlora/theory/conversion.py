@@ -196,7 +196,8 @@ def inverse_weight_random_similarity(kernels: Sequence[np.ndarray], columns: int
     return layer_similarity(matrices, rank)
 
 
-def paired_similarity(first: Sequence[np.ndarray], second: Sequence[np.ndarray], rank: Optional[int] = None) -> np.ndarray:
+def paired_similarity(first: Sequence[np.ndarray], second: Sequence[np.ndarray],
+                      rank: Optional[int] = None) -> np.ndarray:
     """Per-layer ``phi(first[l], second[l], rank, rank)``, e.g. LoRA's against CondLoRA's ``C_A`` (Table 3).
 
     Example:

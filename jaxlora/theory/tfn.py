@@ -128,7 +128,8 @@ def _right_solve(matrix, a):
 
 def _as_tfn(model, name):
     if not isinstance(model, TFN):
-        raise ValueError(f"{name} must be a jaxlora.theory.TFN(blocks=[TFNBlock, ...], output=...), got {type(model).__name__}.")
+        raise ValueError(f"{name} must be a jaxlora.theory.TFN(blocks=[TFNBlock, ...], output=...), "
+                         f"got {type(model).__name__}.")
     blocks = [TFNBlock(*[np.asarray(leaf, np.float64) for leaf in block]) for block in model.blocks]
     if not blocks:
         raise ValueError(f"{name} has no blocks; a TFN needs at least one TFNBlock.")
