@@ -296,7 +296,16 @@ def flags_parser(argv: Sequence[str], flag: str = "config") -> list[str]:
     from absl import flags
 
     try:
-        return flags.FLAGS(list(argv))
+        remaining = flags.FLAGS(list(argv))
+        # A config file that raised an OSError while loading is replaced by a placeholder that
+        # raises on first use: touch it here so the error surfaces now, as one message.
+        flags.FLAGS[flag].value.keys()
+        return remaining
+    except (OSError, ValueError) as err:
+        # A config file that fails to load (a missing GLUE_DIR, an unknown ':option'): its own message.
+        text = str(err).replace("Configuration is not available because of an earlier failure to load: ", "")
+        sys.stderr.write(f"FATAL: cannot load --{flag}: {text}\n")
+        sys.exit(2)
     except (AttributeError, KeyError) as err:
         import re
 
@@ -313,7 +322,10 @@ def flags_parser(argv: Sequence[str], flag: str = "config") -> list[str]:
         )
         sys.exit(2)
     except flags.Error as err:
-        sys.stderr.write(f"FATAL flags parsing error: {err}\n")
+        text = str(err)
+        if "Error whilst parsing config file" in text:  # the config file raised: keep its last line
+            text = f"cannot load --{flag}: " + [line for line in text.splitlines() if line.strip()][-1]
+        sys.stderr.write(f"FATAL flags parsing error: {text}\n")
         sys.exit(2)
 
 

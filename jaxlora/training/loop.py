@@ -655,6 +655,10 @@ def train(config, workdir: str | os.PathLike, *, hooks: Sequence[Callable[[int],
 
     # ---- the selected checkpoint on the test split
     best_step = tracker.best_step if tracker.best_step >= 0 else step
+    if best_step != step and best_step not in checkpointer.steps:
+        log.warning("The best checkpoint (step %d) is gone (moved aside as unreadable?): testing step %d instead.",
+                    best_step, step)
+        best_step = step
     if best_step != step:
         state = checkpointer.restore(best_step, state_target).state
     checkpointer.close()

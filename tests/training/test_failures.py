@@ -152,3 +152,14 @@ def test_corrupted_latest_checkpoint_falls_back_with_a_message(tmp_path, caplog)
     assert "falling back to step 1" in caplog.text
     assert (directory / "corrupt" / "2").is_dir() and ckpt.steps == [1]
     ckpt.close()
+
+
+def test_missing_glue_dir_on_the_command_line_is_one_clear_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/condlora_sst2.py:offline", "--workdir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "GLUE_DIR": str(tmp_path / "missing")},
+    )
+    assert proc.returncode == 2
+    assert f"FATAL: cannot load --config: GLUE_DIR='{tmp_path / 'missing'}' is not a folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
