@@ -31,6 +31,22 @@ Array = jax.Array
 MASK_VALUE = float(jnp.finfo(jnp.float32).min)
 
 
+@jax.checkpoint
+def gelu_exact(x: Array) -> Array:
+    """GELU with the exact normal CDF, written as PyTorch's kernel: ``x/2 * (1 + erf(x/sqrt(2)))``.
+
+    Why not ``jax.nn.gelu(x, approximate=False)``: its ``erfc`` form costs XLA:CPU two polynomial
+    branches and an ``exp`` (2.5x slower forward than ``erf``), and autodiff keeps three
+    ``(tokens, intermediate)`` residuals for the backward pass. ``jax.checkpoint`` keeps only ``x``
+    and recomputes ``erf`` inside the backward fusion. Measured on a MiniLM-L6 LoRA train step at
+    32 x 64 tokens: 144 MB less XLA temp memory and about 8% less time (docs/BENCHMARKS.md).
+
+    >>> gelu_exact(jnp.zeros(3))
+    Array([0., 0., 0.], dtype=float32)
+    """
+    return x * 0.5 * (1.0 + jax.lax.erf(x * 0.7071067811865476))
+
+
 def activation(name: str) -> Callable[[Array], Array]:
     """The JAX function for a transformers ``hidden_act`` name.
 
@@ -38,7 +54,7 @@ def activation(name: str) -> Callable[[Array], Array]:
     Array([0., 0., 0.], dtype=float32)
     """
     table = {
-        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu": gelu_exact,
         "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
         "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
         "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
