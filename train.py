@@ -46,8 +46,9 @@ def main(argv):
         results = jaxlora.training.train(_CONFIG.value, _WORKDIR.value)
     except KeyboardInterrupt:
         sys.exit(130)  # the checkpoint is saved and the message printed
+    rate = results["train_examples_per_s"]  # None when every step compiled (a very short run)
     print(f"{results['task']} {results['variant']}: test {results['metric_name']} {results['test_metric']:.4f} "
-          f"(best step {results['best_step']}); {results['train_examples_per_s']:.1f} train examples/s; "
+          f"(best step {results['best_step']}); {'-' if rate is None else f'{rate:.1f}'} train examples/s; "
           f"results in {_WORKDIR.value}/results.json")
 
 
