@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxlora.models import layers
-from jaxlora.nn.dense import Dense
 
 Array = jax.Array
 
@@ -139,17 +138,6 @@ def roberta_position_ids(input_ids: Array, padding_idx: int) -> Array:
     return jnp.cumsum(mask, axis=1) * mask + padding_idx
 
 
-def _dense(spec: EncoderSpec, features: int, axes, name: str) -> Dense:
-    return Dense(
-        features,
-        dtype=spec.dtype,
-        param_dtype=spec.param_dtype,
-        kernel_init=nn.initializers.normal(spec.initializer_range),
-        kernel_axes=axes,
-        name=name,
-    )
-
-
 class Embeddings(nn.Module):
     """Word + token-type + position embeddings, LayerNorm, dropout."""
 
@@ -180,7 +168,7 @@ class AddNorm(nn.Module):
     @nn.compact
     def __call__(self, x, residual, deterministic):
         s = self.spec
-        h = _dense(s, s.hidden_size, (self.in_axis, "embed"), "dense")(x, deterministic=deterministic)
+        h = layers.dense(s, s.hidden_size, (self.in_axis, "embed"), "dense")(x, deterministic=deterministic)
         h = layers.module_dropout(self, h, s.hidden_dropout, deterministic)
         return layers.layer_norm(s.layer_norm_eps, s.param_dtype, "LayerNorm")(h + residual)
 
@@ -197,7 +185,7 @@ class Attention(nn.Module):
         head_dim = s.hidden_size // s.num_heads
 
         def project(name):
-            y = _dense(s, s.hidden_size, ("embed", "heads"), name)(x, deterministic=deterministic)
+            y = layers.dense(s, s.hidden_size, ("embed", "heads"), name)(x, deterministic=deterministic)
             return y.reshape(batch, length, s.num_heads, head_dim)
 
         q, k, v = project("query"), project("key"), project("value")
@@ -222,7 +210,7 @@ class Intermediate(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic):
         s = self.spec
-        h = _dense(s, s.intermediate_size, ("embed", "mlp"), "dense")(x, deterministic=deterministic)
+        h = layers.dense(s, s.intermediate_size, ("embed", "mlp"), "dense")(x, deterministic=deterministic)
         return layers.activation(s.hidden_act)(h)
 
 
@@ -258,7 +246,7 @@ class Pooler(nn.Module):
     @nn.compact
     def __call__(self, h, deterministic):
         s = self.spec
-        pooled = _dense(s, s.hidden_size, ("embed", None), "dense")(h[:, 0], deterministic=deterministic)
+        pooled = layers.dense(s, s.hidden_size, ("embed", None), "dense")(h[:, 0], deterministic=deterministic)
         return jnp.tanh(pooled)
 
 
@@ -303,9 +291,9 @@ class RobertaClassificationHead(nn.Module):
     def __call__(self, h, deterministic):
         s = self.spec
         x = layers.module_dropout(self, h[:, 0], s.classifier_dropout, deterministic)
-        x = jnp.tanh(_dense(s, s.hidden_size, ("embed", None), "dense")(x, deterministic=deterministic))
+        x = jnp.tanh(layers.dense(s, s.hidden_size, ("embed", None), "dense")(x, deterministic=deterministic))
         x = layers.module_dropout(self, x, s.classifier_dropout, deterministic)
-        return _dense(s, s.num_labels, (None, "labels"), "out_proj")(x, deterministic=deterministic)
+        return layers.dense(s, s.num_labels, (None, "labels"), "out_proj")(x, deterministic=deterministic)
 
 
 class EncoderClassifier(nn.Module):
@@ -324,7 +312,7 @@ class EncoderClassifier(nn.Module):
         if s.family == "roberta":
             return RobertaClassificationHead(s, name="classifier")(out.last_hidden_state, deterministic)
         pooled = layers.module_dropout(self, out.pooler_output, s.classifier_dropout, deterministic)
-        return _dense(s, s.num_labels, ("embed", "labels"), "classifier")(pooled, deterministic=deterministic)
+        return layers.dense(s, s.num_labels, ("embed", "labels"), "classifier")(pooled, deterministic=deterministic)
 
 
 class EncoderBase(nn.Module):

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlora.nn.dense import dropout
+from jaxlora.nn.dense import Dense, dropout
 
 Array = jax.Array
 
@@ -151,6 +151,22 @@ def module_dropout(module: nn.Module, x: Array, rate: float, deterministic: bool
     if deterministic or rate <= 0.0:
         return x
     return dropout(x, rate, module.make_rng("dropout"))
+
+
+def dense(spec: Any, features: int, axes: Sequence[str | None], name: str, use_bias: bool = True) -> Dense:
+    """A :class:`jaxlora.nn.Dense` set up from a model spec (dtypes, init range) with logical axes.
+
+    >>> dense(spec, spec.hidden_size, ("embed", "heads"), "query")(x)
+    """
+    return Dense(
+        features,
+        use_bias=use_bias,
+        dtype=spec.dtype,
+        param_dtype=spec.param_dtype,
+        kernel_init=nn.initializers.normal(spec.initializer_range),
+        kernel_axes=tuple(axes),
+        name=name,
+    )
 
 
 def normal_init(std: float, axes: Sequence[str | None]) -> Callable:

@@ -39,7 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlora.models import layers
-from jaxlora.nn.dense import Dense
 
 Array = jax.Array
 
@@ -198,18 +197,6 @@ class DecoderSpec:
         )
 
 
-def _dense(spec: DecoderSpec, features: int, axes, name: str, use_bias: bool) -> Dense:
-    return Dense(
-        features,
-        use_bias=use_bias,
-        dtype=spec.dtype,
-        param_dtype=spec.param_dtype,
-        kernel_init=nn.initializers.normal(spec.initializer_range),
-        kernel_axes=axes,
-        name=name,
-    )
-
-
 class RMSNorm(nn.Module):
     """``scale * (x / rms(x))`` with the statistics in float32, as ``LlamaRMSNorm``."""
 
@@ -251,9 +238,9 @@ class SelfAttention(nn.Module):
         s = self.spec
         batch, length, _ = x.shape
         q_width, kv_width = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
-        q = _dense(s, q_width, ("embed", "heads"), "q_proj", s.qkv_bias)(x, deterministic=deterministic)
-        k = _dense(s, kv_width, ("embed", "kv"), "k_proj", s.qkv_bias)(x, deterministic=deterministic)
-        v = _dense(s, kv_width, ("embed", "kv"), "v_proj", s.qkv_bias)(x, deterministic=deterministic)
+        q = layers.dense(s, q_width, ("embed", "heads"), "q_proj", s.qkv_bias)(x, deterministic=deterministic)
+        k = layers.dense(s, kv_width, ("embed", "kv"), "k_proj", s.qkv_bias)(x, deterministic=deterministic)
+        v = layers.dense(s, kv_width, ("embed", "kv"), "v_proj", s.qkv_bias)(x, deterministic=deterministic)
         q = apply_rotary(q.reshape(batch, length, s.num_heads, s.head_dim), cos, sin)
         k = apply_rotary(k.reshape(batch, length, s.num_kv_heads, s.head_dim), cos, sin)
         v = v.reshape(batch, length, s.num_kv_heads, s.head_dim)
@@ -267,7 +254,7 @@ class SelfAttention(nn.Module):
             deterministic=deterministic,
             dropout_rng=self.make_rng("dropout") if use_dropout else None,
         )
-        return _dense(s, s.hidden_size, ("heads", "embed"), "o_proj", s.o_bias)(context, deterministic=deterministic)
+        return layers.dense(s, s.hidden_size, ("heads", "embed"), "o_proj", s.o_bias)(context, deterministic=deterministic)
 
 
 class MLP(nn.Module):
@@ -278,10 +265,10 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic):
         s = self.spec
-        gate = _dense(s, s.intermediate_size, ("embed", "mlp"), "gate_proj", s.mlp_bias)(x, deterministic=deterministic)
-        up = _dense(s, s.intermediate_size, ("embed", "mlp"), "up_proj", s.mlp_bias)(x, deterministic=deterministic)
+        gate = layers.dense(s, s.intermediate_size, ("embed", "mlp"), "gate_proj", s.mlp_bias)(x, deterministic=deterministic)
+        up = layers.dense(s, s.intermediate_size, ("embed", "mlp"), "up_proj", s.mlp_bias)(x, deterministic=deterministic)
         h = layers.activation(s.hidden_act)(gate) * up
-        return _dense(s, s.hidden_size, ("mlp", "embed"), "down_proj", s.mlp_bias)(h, deterministic=deterministic)
+        return layers.dense(s, s.hidden_size, ("mlp", "embed"), "down_proj", s.mlp_bias)(h, deterministic=deterministic)
 
 
 class DecoderLayer(nn.Module):
@@ -352,11 +339,11 @@ class DecoderForTask(nn.Module):
             if s.tie_word_embeddings:
                 table = nn.unbox(model.variables["params"]["embed_tokens"]["embedding"])
                 return jnp.einsum("bld,vd->blv", h, table.astype(h.dtype))
-            return _dense(s, s.vocab_size, ("embed", "vocab"), "lm_head", False)(h, deterministic=deterministic)
+            return layers.dense(s, s.vocab_size, ("embed", "vocab"), "lm_head", False)(h, deterministic=deterministic)
         # Scoring every position then picking one would waste work: pick the hidden state first.
         last = last_token_index(input_ids, s.pad_token_id)
         pooled = h[jnp.arange(h.shape[0]), last]
-        return _dense(s, s.num_labels, ("embed", "labels"), "score", False)(pooled, deterministic=deterministic)
+        return layers.dense(s, s.num_labels, ("embed", "labels"), "score", False)(pooled, deterministic=deterministic)
 
 
 class DecoderBase(nn.Module):
