@@ -11,14 +11,18 @@ the Hub can be reached), builds the module from ``config.json`` and fits the
 checkpoint to it; :func:`save_pretrained` writes a folder transformers loads
 back; :func:`from_config` / :func:`tiny_config` make random models for tests.
 
-Every module returned has ``module.config`` (the transformers config, with
+Every module returned has ``module.config`` (the model config, with
 ``num_labels``/``problem_type`` set for the task) and ``module.spec`` (the
-hashable numbers the module runs on, including ``spec.family``).
+hashable numbers the module runs on, including ``spec.family``). Loading reads
+``config.json`` into a :class:`~jaxlora.models.hf_config.HFConfig` and the
+tokenizer through its own class, so neither imports PyTorch (transformers'
+config classes do); :func:`from_config` also takes a transformers config.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
 import warnings
@@ -32,7 +36,7 @@ import numpy as np
 from jax.sharding import PartitionSpec
 
 from jaxlora.adapters.base import AdaptedKernel
-from jaxlora.models import bert, hf_io, llama
+from jaxlora.models import bert, hf_config, hf_io, llama
 
 # transformers model_type -> jaxlora family
 MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "llama": "llama", "qwen2": "llama"}
@@ -140,7 +144,7 @@ def resolve(name_or_path: str | os.PathLike) -> str:
 
 
 def family_of(obj) -> str:
-    """The jaxlora family of a module, spec, or transformers config.
+    """The jaxlora family of a module, spec, or model config (an ``HFConfig`` or a transformers config).
 
     >>> family_of(tiny_config("roberta"))
     'roberta'
@@ -189,7 +193,8 @@ def from_config(
     in numpy, so no XLA compile is spent on initialisation.
 
     Args:
-      config: a transformers config (BERT, RoBERTa, XLM-R, Llama, Qwen2).
+      config: a transformers config or an :class:`~jaxlora.models.hf_config.HFConfig`
+        (BERT, RoBERTa, XLM-R, Llama, Qwen2).
       task: ``"sequence_classification"`` (default for encoders), ``"regression"``,
         ``"causal_lm"`` (default for Llama) or ``"base"`` (backbone only).
       num_labels: head size; ``None`` keeps ``config.num_labels`` (1 for regression).
@@ -365,10 +370,8 @@ def from_pretrained(
 
     >>> module, params = from_pretrained("minilm-l6", task="sequence_classification", num_labels=2)
     """
-    from transformers import AutoConfig
-
     folder = resolve(name_or_path)
-    config = AutoConfig.from_pretrained(folder)
+    config = hf_config.read_config(folder)
     for key, value in (config_overrides or {}).items():
         setattr(config, key, value)
     family = family_of(config)
@@ -443,15 +446,59 @@ def save_pretrained(module: nn.Module, params: Mapping, folder: str) -> str:
     return folder
 
 
+# model_type -> the tokenizer class transformers registers for it (its TOKENIZER_MAPPING_NAMES).
+# Llama is left out: AutoTokenizer swaps LlamaTokenizer for a byte-level backend on some checkpoints.
+_TOKENIZER_CLASSES = {
+    "bert": "BertTokenizer",
+    "roberta": "RobertaTokenizer",
+    "xlm-roberta": "XLMRobertaTokenizer",
+    "qwen2": "Qwen2Tokenizer",
+}
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as file:
+            content = json.load(file)
+    except (OSError, ValueError):
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+def _direct_tokenizer_class(folder: str) -> str | None:
+    """The tokenizer class AutoTokenizer would pick for ``folder``, when that choice is unambiguous.
+
+    That is when ``tokenizer_config.json`` declares the class transformers registers for the
+    model type (``"BertTokenizer"`` or ``"BertTokenizerFast"`` for BERT) and ships no custom code;
+    anything else (``None``) is left to AutoTokenizer's own rules.
+    """
+    registered = _TOKENIZER_CLASSES.get(_read_json(os.path.join(folder, hf_config.CONFIG_FILE)).get("model_type"))
+    tokenizer_config = _read_json(os.path.join(folder, "tokenizer_config.json"))
+    declared = tokenizer_config.get("tokenizer_class")
+    if registered is None or "auto_map" in tokenizer_config or not isinstance(declared, str):
+        return None
+    return registered if declared.removesuffix("Fast") == registered else None
+
+
 def load_tokenizer(name_or_path: str, **kwargs):
-    """transformers' ``AutoTokenizer`` for a preset, local folder or (reachable) Hub id.
+    """The tokenizer transformers' ``AutoTokenizer`` gives for a preset, local folder or (reachable) Hub id.
+
+    When the folder's ``tokenizer_config.json`` names the standard class of its model type
+    (BERT, RoBERTa, XLM-R, Qwen2), that class is loaded directly: AutoTokenizer imports
+    transformers' config classes and so PyTorch (+185 MB, ~1 s), the class itself does not.
 
     >>> tokenizer = load_tokenizer("minilm-l6")
     >>> batch = tokenizer(["a sentence"], padding="max_length", max_length=16, return_tensors="np")
     """
+    folder = resolve(name_or_path)
+    class_name = _direct_tokenizer_class(folder)
+    if class_name is not None:
+        import transformers
+
+        return getattr(transformers, class_name).from_pretrained(folder, **kwargs)
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve(name_or_path), **kwargs)
+    return AutoTokenizer.from_pretrained(folder, **kwargs)
 
 
 def tiny_config(family: str, **overrides):
