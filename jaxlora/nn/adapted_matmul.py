@@ -1,0 +1,107 @@
+"""``x @ K + s * (h @ a) @ b`` with a backward pass written for skinny factors.
+
+Every factored adapter ends in this product: ``K`` is the frozen ``(d_in, d_out)``
+kernel, ``a`` ``(d_in, r)`` and ``b`` ``(r, d_out)`` are the variant's factors,
+``h`` is the low-rank input (``x`` itself, or ``x`` after dropout) and ``s`` the
+scale. Autodiff gets the arithmetic right but not the cost on XLA:CPU:
+
+* ``da = h.T @ (g @ b.T)`` is a dot whose *output* is the tall ``(d_in, r)``
+  matrix; XLA:CPU runs that shape 5-14x slower than the same product computed as
+  ``(gb.T @ h).T`` (measured: 3.9 ms against 0.28 ms for ``d_in = 1536`` and 2048
+  tokens). XLA's simplifier rewrites the transposed form back, so it is kept
+  apart with an optimisation barrier.
+* With ``h is x``, the input gradient ``g @ K.T + s * (g @ b.T) @ a.T`` is one
+  product with the factor appended to the kernel, ``[g, s*gb] @ [K.T; a.T]``,
+  instead of two products and an add over a ``(tokens, d_in)`` array.
+* ``K`` is frozen in factored mode: its gradient ``x.T @ g`` is returned so the
+  function stays correct under any ``jax.grad``, and XLA removes it when nobody
+  asks for it (``jax.grad`` with respect to the adapter never does).
+
+The forward pass can likewise add the low-rank term inside the main product,
+``[x, s*z] @ [K; b]``, which avoids writing and re-reading a ``(tokens, d_out)``
+low-rank product; it pays a copy of ``x``, so it is used when ``x`` is the
+narrower side (``d_in <= d_out``).
+
+All operands must share one floating dtype (the caller casts); with mixed
+dtypes (bf16 frozen weights, fp32 factors) :class:`jaxlora.nn.Dense` keeps the
+plain autodiff path so the low-rank term stays in fp32.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def _lowrank_grad(h: Array, gb: Array) -> Array:
+    """``h.T @ gb`` computed as ``(gb.T @ h).T`` (see the module docstring)."""
+    return jax.lax.optimization_barrier(gb.T @ h).T
+
+
+def _forward(x: Array, h: Array | None, kernel: Array, a: Array, b: Array, scale: float):
+    z = (x if h is None else h) @ a
+    if kernel.shape[0] <= kernel.shape[1]:
+        y = jnp.concatenate([x, scale * z], axis=-1) @ jnp.concatenate([kernel, b], axis=0)
+    else:
+        y = x @ kernel + (scale * z) @ b
+    return y, z
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _adapted_matmul(x, h, kernel, a, b, scale):
+    return _forward(x, h, kernel, a, b, scale)[0]
+
+
+def _adapted_matmul_fwd(x, h, kernel, a, b, scale):
+    y, z = _forward(x, h, kernel, a, b, scale)
+    return y, (x, h, kernel, a, b, z)
+
+
+def _adapted_matmul_bwd(scale, residuals, g):
+    x, h, kernel, a, b, z = residuals
+    gb = g @ b.T
+    if h is None:
+        if kernel.shape[1] <= kernel.shape[0]:
+            dx = jnp.concatenate([g, scale * gb], axis=-1) @ jnp.concatenate([kernel.T, a.T], axis=0)
+        else:
+            dx = g @ kernel.T + (scale * gb) @ a.T
+        dh = None
+    else:
+        dx = g @ kernel.T
+        dh = (scale * gb) @ a.T
+    da = scale * _lowrank_grad(x if h is None else h, gb)
+    db = scale * (z.T @ g)
+    dkernel = x.T @ g
+    return dx, dh, dkernel, da, db
+
+
+_adapted_matmul.defvjp(_adapted_matmul_fwd, _adapted_matmul_bwd)
+
+
+def adapted_matmul(
+    x: Array, kernel: Array, a: Array, b: Array, scale: float, lowrank_input: Array | None = None
+) -> Array:
+    """``x @ kernel + scale * (lowrank_input @ a) @ b`` on 2-D ``x``, never forming ``kernel + s*a@b``.
+
+    Args:
+      x: ``(tokens, d_in)`` input.
+      kernel: ``(d_in, d_out)`` frozen kernel.
+      a, b: ``(d_in, r)`` and ``(r, d_out)`` factors.
+      scale: static scale ``s``.
+      lowrank_input: what the factors see instead of ``x`` (``x`` after dropout);
+        ``None`` means ``x`` itself, which lets the backward pass fuse more.
+
+    All arrays must have the same dtype. Differentiable in every array argument.
+
+    >>> y = adapted_matmul(x, kernel, a, b, 2.0)        # == x @ kernel + 2.0 * (x @ a) @ b
+    """
+    if x.ndim != 2:
+        raise ValueError(f"adapted_matmul takes (tokens, features) inputs; got shape {x.shape}.")
+    dtypes = {x.dtype, kernel.dtype, a.dtype, b.dtype} | ({lowrank_input.dtype} if lowrank_input is not None else set())
+    if len(dtypes) != 1:
+        raise ValueError(f"adapted_matmul needs one dtype for all operands; got {sorted(map(str, dtypes))}.")
+    return _adapted_matmul(x, lowrank_input, kernel, a, b, float(scale))
