@@ -6,13 +6,14 @@ kernel, ``a`` ``(d_in, r)`` and ``b`` ``(r, d_out)`` are the variant's factors,
 scale. Autodiff gets the arithmetic right but not the cost on XLA:CPU:
 
 * ``da = h.T @ (g @ b.T)`` is a dot whose *output* is the tall ``(d_in, r)``
-  matrix; XLA:CPU runs that shape 5-14x slower than the same product computed as
+  matrix; XLA:CPU runs that shape 3-14x slower than the same product computed as
   ``(gb.T @ h).T`` (measured: 3.9 ms against 0.28 ms for ``d_in = 1536`` and 2048
   tokens). XLA's simplifier rewrites the transposed form back, so it is kept
   apart with an optimisation barrier.
 * With ``h is x``, the input gradient ``g @ K.T + s * (g @ b.T) @ a.T`` is one
   product with the factor appended to the kernel, ``[g, s*gb] @ [K.T; a.T]``,
-  instead of two products and an add over a ``(tokens, d_in)`` array.
+  instead of two products and an add over a ``(tokens, d_in)`` array; it copies
+  ``g``, so it is used when ``g`` is the narrower side (``d_out <= d_in``).
 * ``K`` is frozen in factored mode: its gradient ``x.T @ g`` is returned so the
   function stays correct under any ``jax.grad``, and XLA removes it when nobody
   asks for it (``jax.grad`` with respect to the adapter never does).
@@ -20,7 +21,9 @@ scale. Autodiff gets the arithmetic right but not the cost on XLA:CPU:
 The forward pass can likewise add the low-rank term inside the main product,
 ``[x, s*z] @ [K; b]``, which avoids writing and re-reading a ``(tokens, d_out)``
 low-rank product; it pays a copy of ``x``, so it is used when ``x`` is the
-narrower side (``d_in <= d_out``).
+narrower side (``d_in <= d_out``). Each choice was kept because it made the MiniLM
+train step faster in paired runs (about 5% each with LoRA on all linear layers;
+docs/BENCHMARKS.md).
 
 All operands must share one floating dtype (the caller casts); with mixed
 dtypes (bf16 frozen weights, fp32 factors) :class:`jaxlora.nn.Dense` keeps the
