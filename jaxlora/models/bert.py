@@ -70,6 +70,7 @@ class EncoderSpec:
     num_labels: int
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    remat: bool = False  # recompute each layer in the backward pass (gradient checkpointing)
 
     @property
     def prefix(self) -> str:
@@ -233,8 +234,11 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x, bias, deterministic):
+        # With remat only each layer's input is kept for the backward pass; `deterministic`
+        # (argument 3, counting self) is a Python bool and must stay static.
+        layer = nn.remat(Layer, static_argnums=(3,)) if self.spec.remat else Layer
         for i in range(self.spec.num_layers):
-            x = Layer(self.spec, name=f"layer_{i}")(x, bias, deterministic)
+            x = layer(self.spec, name=f"layer_{i}")(x, bias, deterministic)
         return x
 
 

@@ -144,6 +144,7 @@ class DecoderSpec:
     num_labels: int
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    remat: bool = False  # recompute each layer in the backward pass (gradient checkpointing)
 
     @property
     def prefix(self) -> str:
@@ -297,8 +298,10 @@ def backbone(spec: DecoderSpec, input_ids, attention_mask, position_ids, determi
         position_ids = jnp.arange(length)[None, :]
     bias = layers.causal_padding_bias(attention_mask, batch, length)
     cos, sin = rotary_tables(s, position_ids)
+    # `deterministic` is argument 5 counting self: a Python bool, static under remat.
+    layer = nn.remat(DecoderLayer, static_argnums=(5,)) if s.remat else DecoderLayer
     for i in range(s.num_layers):
-        h = DecoderLayer(s, name=f"layers_{i}")(h, bias, cos, sin, deterministic)
+        h = layer(s, name=f"layers_{i}")(h, bias, cos, sin, deterministic)
     return RMSNorm(s.rms_norm_eps, s.param_dtype, name="norm")(h)
 
 

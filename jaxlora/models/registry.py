@@ -22,6 +22,7 @@ config classes do); :func:`from_config` also takes a transformers config.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import socket
@@ -185,6 +186,7 @@ def from_config(
     seed: int = 0,
     dtype=jnp.float32,
     param_dtype=None,
+    remat: bool = False,
 ) -> tuple[nn.Module, dict]:
     """A randomly initialised model: ``(module, params)``.
 
@@ -200,6 +202,8 @@ def from_config(
       num_labels: head size; ``None`` keeps ``config.num_labels`` (1 for regression).
       seed: seed of the random draws.
       dtype: computation dtype; ``param_dtype`` defaults to it.
+      remat: recompute every transformer layer in the backward pass (gradient
+        checkpointing): less activation memory for about one more forward pass.
 
     >>> module, params = from_config(tiny_config("bert"), task="sequence_classification", num_labels=3)
     >>> module.apply({"params": params}, ids, mask).shape
@@ -209,12 +213,15 @@ def from_config(
     task = task or _default_task(family)
     config = _task_config(config, task, num_labels)
     param_dtype = param_dtype or dtype
-    module = build_module(config, task, dtype=dtype, param_dtype=param_dtype)
+    module = build_module(config, task, dtype=dtype, param_dtype=param_dtype, remat=remat)
     return module, init_params(module, seed)
 
 
-def build_module(config, task: str, dtype=jnp.float32, param_dtype=None) -> nn.Module:
+def build_module(config, task: str, dtype=jnp.float32, param_dtype=None, remat: bool = False) -> nn.Module:
     """The Linen module for a config and task, without parameters.
+
+    ``remat=True`` recomputes each transformer layer in the backward pass
+    (gradient checkpointing); the parameters are the same either way.
 
     >>> module = build_module(tiny_config("llama"), "causal_lm")
     """
@@ -222,9 +229,9 @@ def build_module(config, task: str, dtype=jnp.float32, param_dtype=None) -> nn.M
     param_dtype = param_dtype or dtype
     if family == "llama":
         spec = llama.DecoderSpec.from_hf(config, family, task, config.num_labels, dtype, param_dtype)
-        return llama.build(spec, config)
+        return llama.build(dataclasses.replace(spec, remat=remat), config)
     spec = bert.EncoderSpec.from_hf(config, family, task, config.num_labels, dtype, param_dtype)
-    return bert.build(spec, config)
+    return bert.build(dataclasses.replace(spec, remat=remat), config)
 
 
 def _abstract_boxed(module: nn.Module):
@@ -340,6 +347,7 @@ def from_pretrained(
     seed: int = 0,
     allow_missing: bool = False,
     config_overrides: Mapping[str, Any] | None = None,
+    remat: bool = False,
 ) -> tuple[nn.Module, dict]:
     """Load an HF checkpoint into a jaxlora model: ``(module, params)``.
 
@@ -360,6 +368,7 @@ def from_pretrained(
         transformers initialises them (normal ``initializer_range``, zero bias); a warning lists them.
       allow_missing: also initialise missing *backbone* weights instead of raising.
       config_overrides: attributes set on the loaded config before building (e.g. dropout rates).
+      remat: recompute every transformer layer in the backward pass (gradient checkpointing).
 
     Raises:
       ValueError: a tensor's shape does not fit the config (names the tensor and both shapes), or
@@ -378,7 +387,7 @@ def from_pretrained(
     task = task or _default_task(family)
     config = _task_config(config, task, num_labels)
     param_dtype = param_dtype or dtype
-    module = build_module(config, task, dtype=dtype, param_dtype=param_dtype)
+    module = build_module(config, task, dtype=dtype, param_dtype=param_dtype, remat=remat)
 
     expected = {path: s.shape for path, s in hf_io.flatten(abstract_params(module)).items()}
     # A tied model has no lm_head of its own; the checkpoint's copy (if any) is the embedding again.

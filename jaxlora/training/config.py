@@ -62,6 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.tokenizer = ""  # "" = the model's own tokenizer
     c.dtype = "float32"  # computation and frozen-parameter dtype: float32 or bfloat16
     c.model_dropout = -1.0  # hidden/attention dropout of the model; < 0 keeps the checkpoint's
+    c.remat = False  # recompute each transformer layer in the backward pass (gradient checkpointing)
     c.data_dir = ""  # local GLUE folder (GLUE_DIR layout); "" = the Hugging Face hub
     c.validation_fraction = 0.1  # share of GLUE train held out to select checkpoints
     c.split_seed = 1  # the protocol's fixed shuffle of GLUE train (not a training seed)

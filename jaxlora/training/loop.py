@@ -273,6 +273,7 @@ def _load_model(config, task: jdata.GlueTask):
             dtype=dtype,
             seed=int(config.seed),
             config_overrides=overrides,
+            remat=bool(config.remat),
         )
 
 
