@@ -43,7 +43,9 @@ class AdaptedKernel:
     ``dropout_rate`` (both static), and implement :meth:`factors`.
 
     The project's :class:`jaxlora.nn.Dense` recognises these nodes and computes
-    ``x @ kernel + scale * lowrank(dropout(x))``.
+    ``x @ kernel + scale * (dropout(x) @ a) @ b`` from :meth:`factors`, so a variant
+    only has to say what its factors are; :meth:`lowrank` is the same product for
+    code that wants it on its own.
     """
 
     kernel: Array
