@@ -59,7 +59,7 @@ def test_no_kernel_gradient_is_computed_when_only_the_factors_are_differentiated
     assert flops((0, 1, 2)) - flops((1, 2)) >= 0.9 * kernel_grad_flops
 
 
-def test_works_under_jit_and_vmap_free_shapes_only():
+def test_rejects_batched_input_and_runs_under_jit():
     o = _operands(8, 8)
     with pytest.raises(ValueError, match="tokens, features"):
         adapted_matmul(o["x"][None], o["kernel"], o["a"], o["b"], SCALE)
