@@ -48,11 +48,22 @@ TARGETS = [
 ]
 
 
+def synthetic_batch(batch_size: int, seq: int) -> dict:
+    """Random token ids (no padding) and 0/1 labels, the same for every method and run."""
+    return {
+        "input_ids": jax.random.randint(jax.random.key(1), (batch_size, seq), 1000, 20000),
+        "attention_mask": jnp.ones((batch_size, seq), jnp.int32),
+        "labels": jax.random.randint(jax.random.key(2), (batch_size,), 0, 2),
+    }
+
+
 def make_step(module, frozen, method, opt):
-    """A jitted ``(trainable, opt_state, frozen, batch, rng) -> (trainable, opt_state, loss)``.
+    """``(step, trainable, frozen_arg)``: a jitted
+    ``step(trainable, opt_state, frozen_arg, batch, rng) -> (trainable, opt_state, loss)``.
 
     The frozen weights are an argument (not constants folded into the program) and the
-    trainable state is donated, as in ``jaxlora.training``.
+    trainable state is donated, as in ``jaxlora.training``. Full fine-tuning trains the
+    weights themselves, so its ``frozen_arg`` is empty.
     """
 
     def loss_of(params, batch, rng):
@@ -63,11 +74,11 @@ def make_step(module, frozen, method, opt):
     if method is None:
         def loss_fn(trainable, frozen, batch, rng):
             return loss_of(trainable, batch, rng)
-        trainable = frozen
+        trainable, frozen_arg = frozen, {}
     else:
         cfg, mode = method
         adapter = jaxlora.init(jax.random.key(0), frozen, cfg)
-        trainable = adapter.trainable
+        trainable, frozen_arg = adapter.trainable, frozen
 
         def loss_fn(trainable, frozen, batch, rng):
             params = jaxlora.apply(frozen, adapter._replace(trainable=trainable), cfg, mode=mode)
@@ -78,9 +89,8 @@ def make_step(module, frozen, method, opt):
         updates, opt_state = opt.update(grads, opt_state, trainable)
         return optax.apply_updates(trainable, updates), opt_state, loss
 
-    # Full fine-tuning trains the weights themselves: nothing frozen to pass.
-    step = jax.jit(step, donate_argnums=(0, 1))
-    return step, jax.tree.map(jnp.copy, trainable)
+    # A copy, because the donated trainable state must not alias the loaded weights.
+    return jax.jit(step, donate_argnums=(0, 1)), jax.tree.map(jnp.copy, trainable), frozen_arg
 
 
 def main():
@@ -96,17 +106,12 @@ def main():
 
     module, frozen = models.from_pretrained("minilm-l6", task="sequence_classification", num_labels=2)
     rng = jax.random.key(0, impl=args.prng)
-    batch = {
-        "input_ids": jax.random.randint(jax.random.key(1), (args.batch, args.seq), 1000, 20000),
-        "attention_mask": jnp.ones((args.batch, args.seq), jnp.int32),
-        "labels": jax.random.randint(jax.random.key(2), (args.batch,), 0, 2),
-    }
+    batch = synthetic_batch(args.batch, args.seq)
     opt = optax.adamw(1e-4)
     names = [m for m in args.methods.split(",") if m]
     runners, compile_s, gflop = {}, {}, {}
     for name in names:
-        step, trainable = make_step(module, frozen, METHODS[name], opt)
-        fixed = {} if METHODS[name] is None else frozen
+        step, trainable, fixed = make_step(module, frozen, METHODS[name], opt)
         state = (trainable, opt.init(trainable))
         t0 = time.perf_counter()
         compiled = step.lower(*state, fixed, batch, rng).compile()

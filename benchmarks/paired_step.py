@@ -35,21 +35,15 @@ def worker(method: str, batch_size: int, seq: int) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, HERE)
     import jax
-    import jax.numpy as jnp
     import optax
 
-    from adapter_step import METHODS, make_step
+    from adapter_step import METHODS, make_step, synthetic_batch
     from jaxlora import models
 
     module, frozen = models.from_pretrained("minilm-l6", task="sequence_classification", num_labels=2)
-    batch = {
-        "input_ids": jax.random.randint(jax.random.key(1), (batch_size, seq), 1000, 20000),
-        "attention_mask": jnp.ones((batch_size, seq), jnp.int32),
-        "labels": jax.random.randint(jax.random.key(2), (batch_size,), 0, 2),
-    }
+    batch = synthetic_batch(batch_size, seq)
     opt = optax.adamw(1e-4)
-    step, trainable = make_step(module, frozen, METHODS[method], opt)
-    fixed = {} if METHODS[method] is None else frozen
+    step, trainable, fixed = make_step(module, frozen, METHODS[method], opt)
     state = (trainable, opt.init(trainable))
     rng = jax.random.key(0)
     for i in range(2):
