@@ -20,13 +20,14 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-import flax
 import flax.linen as nn
 import jax
 import numpy as np
 
 from jaxlora.adapters.base import Path, Target
 from jaxlora.adapters.config import ALL_LINEAR, AdapterConfig
+from jaxlora.util import listing, trees
+from jaxlora.util.trees import unflatten  # noqa: F401  (targets.unflatten is imported by core, interop)
 
 _MAX_LISTED = 60
 
@@ -36,12 +37,7 @@ def flatten(tree: Mapping[str, Any]) -> dict[Path, Any]:
 
     Adapter nodes stay whole: they are leaves here, not dicts.
     """
-    tree = nn.unbox(flax.core.unfreeze(tree)) if tree else {}
-    return flax.traverse_util.flatten_dict(tree)
-
-
-def unflatten(flat: Mapping[Path, Any]) -> dict[str, Any]:
-    return flax.traverse_util.unflatten_dict(dict(flat))
+    return trees.flatten(nn.unbox(tree)) if tree else {}
 
 
 def join(path: Path) -> str:
@@ -63,10 +59,7 @@ def matches_leaf(pattern: str, leaf_path: str) -> bool:
 
 
 def _listing(paths) -> str:
-    paths = sorted(paths)
-    shown = "\n  ".join(paths[:_MAX_LISTED])
-    more = f"\n  ... and {len(paths) - _MAX_LISTED} more" if len(paths) > _MAX_LISTED else ""
-    return f"\n  {shown}{more}"
+    return "\n  " + listing(paths, limit=_MAX_LISTED, sep="\n  ")
 
 
 def linear_modules(flat: Mapping[Path, Any]) -> dict[Path, Any]:

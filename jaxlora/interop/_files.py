@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 
 @contextlib.contextmanager
@@ -53,13 +53,6 @@ def atomic_folder(folder: str, owned_names: Iterable[str]) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def write_json(path: str, content: Any) -> None:
-    """Write ``content`` as indented, key-sorted JSON (a readable, diffable config)."""
-    with open(path, "w") as f:
-        json.dump(content, f, indent=2, sort_keys=True)
-        f.write("\n")
 
 
 def read_json(path: str, what: str) -> dict:

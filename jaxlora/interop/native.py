@@ -31,7 +31,8 @@ import numpy as np
 from jaxlora.adapters.config import AdapterConfig
 from jaxlora.adapters.core import Adapter
 from jaxlora.adapters.targets import flatten, unflatten
-from jaxlora.interop._files import atomic_folder, read_json, require_folder, write_json
+from jaxlora.interop._files import atomic_folder, read_json, require_folder
+from jaxlora.util import write_json
 
 FORMAT = "jaxlora-adapter"
 FORMAT_VERSION = 1

@@ -49,7 +49,8 @@ from jaxlora.adapters.base import Path
 from jaxlora.adapters.config import AdapterConfig
 from jaxlora.adapters.core import Adapter, apply, to_lora_factors
 from jaxlora.adapters.targets import find_targets, find_trainable_leaves, flatten, join, linear_modules, unflatten
-from jaxlora.interop._files import atomic_folder, read_json, require_folder, write_json
+from jaxlora.interop._files import atomic_folder, read_json, require_folder
+from jaxlora.util import listing, write_json
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -121,11 +122,6 @@ def _lookup(table: Mapping[str, Path], name: str, prefix: str) -> Path | None:
         if candidate is not None and candidate in table:
             return table[candidate]
     return None
-
-
-def _listing(names, limit: int = 12) -> str:
-    names = sorted(names)
-    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 # ---------------------------------------------------------------------------
@@ -417,9 +413,9 @@ def load_peft(folder: str, module, frozen: Mapping) -> tuple[Adapter, AdapterCon
     if unknown_modules or unknown_params:
         raise ValueError(
             f"The PEFT adapter in {folder!r} does not fit this {names.family} model: "
-            + (f"it adapts modules the model has no linear layer for: {_listing(unknown_modules)}. " if unknown_modules else "")
-            + (f"it saves tensors the model has no parameter for: {_listing(unknown_params)}. " if unknown_params else "")
-            + f"The model's linear modules are: {_listing(names.modules)}. Load it onto the model it was trained for."
+            + (f"it adapts modules the model has no linear layer for: {listing(unknown_modules)}. " if unknown_modules else "")
+            + (f"it saves tensors the model has no parameter for: {listing(unknown_params)}. " if unknown_params else "")
+            + f"The model's linear modules are: {listing(names.modules)}. Load it onto the model it was trained for."
         )
     if not lora:
         raise ValueError(f"{folder!r} holds no lora_A/lora_B tensors: nothing to load.")

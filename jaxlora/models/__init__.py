@@ -19,7 +19,6 @@ from jaxlora.models.hf_io import (
     BACKBONE_PREFIX,
     FAMILIES,
     MatchReport,
-    flatten,
     hf_module_name,
     hf_param_name,
     match_state_dict,
@@ -27,10 +26,10 @@ from jaxlora.models.hf_io import (
     params_from_hf,
     params_to_hf,
     read_state_dict,
-    unflatten,
     write_safetensors,
 )
 from jaxlora.models.llama import position_ids_from_mask
+from jaxlora.util.trees import flatten, unflatten
 from jaxlora.models.registry import (
     CheckpointWarning,
     abstract_params,

@@ -33,7 +33,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-Path = tuple[str, ...]
+from jaxlora.util.trees import Path, flatten, unflatten
 
 FAMILIES = ("bert", "roberta", "llama")
 
@@ -130,36 +130,6 @@ def _param_path_from_hf(family: str, key: str, ndim: int) -> Path:
     if ndim == 1:
         return (*module, "scale")
     return (*module, "embedding" if module[-1] in EMBEDDING_NAMES else "kernel")
-
-
-def flatten(tree: Mapping, prefix: Path = ()) -> dict[Path, Any]:
-    """Nested dict -> ``{path_tuple: leaf}``.
-
-    >>> flatten({"a": {"b": 1}})
-    {('a', 'b'): 1}
-    """
-    flat: dict[Path, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, (*prefix, key)))
-        else:
-            flat[(*prefix, key)] = value
-    return flat
-
-
-def unflatten(flat: Mapping[Path, Any]) -> dict:
-    """``{path_tuple: leaf}`` -> nested dict.
-
-    >>> unflatten({("a", "b"): 1})
-    {'a': {'b': 1}}
-    """
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return tree
 
 
 def _to_hf_tensor(leaf_name: str, value) -> np.ndarray:

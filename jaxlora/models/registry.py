@@ -25,7 +25,6 @@ import copy
 import dataclasses
 import json
 import os
-import socket
 import warnings
 import zlib
 from typing import Any, Callable, Mapping
@@ -38,6 +37,7 @@ from jax.sharding import PartitionSpec
 
 from jaxlora.adapters.base import AdaptedKernel
 from jaxlora.models import bert, hf_config, hf_io, llama
+from jaxlora.util.hub import hub_offline_reason
 
 # transformers model_type -> jaxlora family
 MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "llama": "llama", "qwen2": "llama"}
@@ -94,21 +94,6 @@ def presets() -> list[str]:
     return sorted(_PRESETS)
 
 
-def _offline() -> bool:
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
-    return any(flag.strip().lower() in ("1", "true", "yes", "on") for flag in flags)
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    # One quick TCP connect instead of huggingface_hub's retries (51 s measured here without a network).
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def resolve(name_or_path: str | os.PathLike) -> str:
     """A local folder for a preset name, a folder path, or a Hub id.
 
@@ -135,10 +120,11 @@ def resolve(name_or_path: str | os.PathLike) -> str:
         return snapshot_download(name_or_path, allow_patterns=patterns, local_files_only=True)
     except Exception:  # not cached (the hub raises several types for that)
         pass
-    if _offline() or not _hub_reachable():
+    reason = hub_offline_reason()
+    if reason is not None:
         raise OSError(
-            f"{name_or_path!r} is not a local folder or preset, and the Hugging Face Hub cannot be reached "
-            f"({'HF_HUB_OFFLINE is set' if _offline() else 'no network'}). Pass a local folder that holds "
+            f"{name_or_path!r} is not a local folder or preset, and the Hugging Face Hub cannot be used "
+            f"({reason}). Pass a local folder that holds "
             f"config.json and model.safetensors (e.g. one saved with save_pretrained), or a preset: {presets()}."
         )
     return snapshot_download(name_or_path, allow_patterns=patterns)
