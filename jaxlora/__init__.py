@@ -23,9 +23,12 @@ from jaxlora.adapters import (
     unmerge,
 )
 
+from jaxlora import errors
+from jaxlora.errors import UserError
+
 __version__ = "0.1.0"
 
 __all__ = [
     "Adapter", "AdapterConfig", "LoraFactors", "ParamCount", "apply", "count_params", "init", "merge",
-    "param_table", "register", "registered_variants", "to_lora_factors", "unmerge",
+    "param_table", "register", "registered_variants", "to_lora_factors", "unmerge", "UserError", "errors",
 ]

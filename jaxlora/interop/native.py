@@ -6,7 +6,12 @@ A native adapter folder holds two files:
   ``trainable/lowrank/<path>/<name>``, ``trainable/full/<leaf path>`` and
   ``fixed/<path>/<name>``, in their own dtypes (bit-exact round trip);
 * ``adapter_config.json``: ``{"format": "jaxlora-adapter", "format_version": 1,
-  "variant": ..., "config": AdapterConfig.to_dict(), "metadata": {...}}``.
+  "variant": ..., "config": AdapterConfig.to_dict(), "metadata": {...},
+  "digest": {"algorithm": "sha256", "arrays": {key: "dtype[shape]:hash"}}}``.
+
+The digest (see :mod:`jaxlora.interop.digest`) is checked on load: garbled tensor bytes that
+still parse as safetensors are an error naming the file and the tensors, never a silently
+different adapter. Folders written before digests existed load without the check.
 
 Unlike the PEFT export, nothing is expanded: CondLoRA stores its shared maps
 (``2 * r * d`` numbers per module type), MTLoRA its ``T`` factors, B-only its
@@ -31,6 +36,8 @@ import numpy as np
 from jaxlora.adapters.config import AdapterConfig
 from jaxlora.adapters.core import Adapter
 from jaxlora.adapters.targets import flatten, unflatten
+from jaxlora import errors
+from jaxlora.interop import digest as digest_lib
 from jaxlora.interop._files import atomic_folder, read_json, require_folder
 from jaxlora.util import write_json
 
@@ -87,6 +94,8 @@ def save_adapter(folder: str, adapter: Adapter, config: AdapterConfig, metadata:
     arrays = {**_flat_arrays("fixed", adapter.fixed)}
     for group, tree in adapter.trainable.items():
         arrays.update(_flat_arrays(f"trainable{_SEP}{group}", tree))
+    document["digest"] = {"algorithm": digest_lib.ALGORITHM,
+                          "arrays": {key: digest_lib.array_digest(value) for key, value in arrays.items()}}
     with atomic_folder(folder, {CONFIG_FILE, WEIGHTS_FILE}) as tmp:
         try:
             write_json(os.path.join(tmp, CONFIG_FILE), document)
@@ -135,6 +144,13 @@ def load_adapter(folder: str) -> tuple[Adapter, AdapterConfig, dict]:
     if missing:
         raise ValueError(f"{os.path.join(folder, CONFIG_FILE)} lacks {missing}; the adapter config is corrupt.")
     config = AdapterConfig.from_dict(document["config"])
+    if "variant" in document and document["variant"] != config.variant:
+        raise errors.ModelLoadError(
+            f"{os.path.join(folder, CONFIG_FILE)} names variant {document['variant']!r} at the top level but "
+            f"{config.variant!r} in its config; the adapter config is inconsistent.",
+            "Export the adapter again with jaxlora.interop.save_adapter (do not edit adapter_config.json by hand).",
+            path=os.path.join(folder, CONFIG_FILE),
+        )
 
     weights = os.path.join(folder, WEIGHTS_FILE)
     if not os.path.isfile(weights):
@@ -144,6 +160,7 @@ def load_adapter(folder: str) -> tuple[Adapter, AdapterConfig, dict]:
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{weights} cannot be read as safetensors ({err}); the file is corrupt.") from None
 
+    _check_digest(document.get("digest"), arrays, weights)
     groups = list(document["trainable_groups"])
     trees: dict[str, dict] = {"fixed": {}, **{f"trainable{_SEP}{g}": {} for g in groups}}
     for key, value in arrays.items():
@@ -158,6 +175,23 @@ def load_adapter(folder: str) -> tuple[Adapter, AdapterConfig, dict]:
         fixed=unflatten(trees["fixed"]),
     )
     return adapter, config, dict(document.get("metadata") or {})
+
+
+def _check_digest(digest: Any, arrays: Mapping[str, Any], weights: str) -> None:
+    if digest is None:
+        return  # written before digests existed
+    expected = digest.get("arrays") if isinstance(digest, dict) else None
+    if not isinstance(expected, dict) or digest.get("algorithm") != digest_lib.ALGORITHM:
+        raise errors.ModelLoadError(f"The digest in {os.path.join(os.path.dirname(weights), CONFIG_FILE)} is malformed.",
+                                    "Export the adapter again.", path=weights)
+    bad = digest_lib.mismatches(expected, {key: digest_lib.array_digest(value) for key, value in arrays.items()})
+    if bad:
+        raise errors.ModelLoadError(
+            f"{weights} does not match the digest in its adapter_config.json: {len(bad)} tensor(s) differ from what "
+            f"was saved ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); the file is corrupt.",
+            "Export the adapter again, or restore it from the run's checkpoints.",
+            path=weights,
+        )
 
 
 def trees_equal(x: Adapter, y: Adapter) -> bool:

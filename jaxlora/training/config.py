@@ -122,6 +122,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep = 2  # latest checkpoints kept, besides the best one by validation
     c.checkpoint.every = 0  # steps between extra saves (0: save at each validation only)
     c.checkpoint.async_save = True  # write in the background while training goes on
+    c.checkpoint.verify = True  # a digest of the state in each checkpoint, checked on restore (quarantine on mismatch)
     c.resume = True  # continue from workdir's latest checkpoint when there is one
     c.init_from_peft = ""  # a PEFT LoRA folder to start from (needs jaxlora.interop)
     c.export = True  # write workdir/adapter (native) and workdir/peft_adapter at the end

@@ -443,6 +443,17 @@ def _check_resumable(meta: Mapping, run: Run, directory: str) -> None:
                     meta["total_steps"], run.total_steps)
 
 
+def _last_good_checkpoint(checkpointer: ckpt_lib.Checkpointer, last_saved: int) -> str:
+    """The step a NaN message may call good: only one whose digest was written or checked by this run."""
+    verified = checkpointer.verified_steps
+    if verified:
+        return f"step {verified[-1]} in {checkpointer.directory}"
+    if last_saved >= 0:
+        return (f"unknown: no checkpoint in {checkpointer.directory} is verified (config.checkpoint.verify is off, "
+                "or the checkpoints predate digests)")
+    return "none (no checkpoint was saved yet)"
+
+
 def _export(run: Run, workdir: str, state: TrainState, step: int) -> dict:
     """Write workdir/adapter (native) and workdir/peft_adapter; the merged model for full fine-tuning."""
     exported = {}
@@ -519,7 +530,8 @@ def train(config, workdir: str | os.PathLike, *, hooks: Sequence[Callable[[int],
             f"{ckpt_dir} already holds checkpoints and config.resume is False: use a new --workdir "
             "(or --config.resume=True to continue that run)."
         )
-    checkpointer = ckpt_lib.Checkpointer(ckpt_dir, keep=int(cfg.checkpoint.keep), async_save=bool(cfg.checkpoint.async_save))
+    checkpointer = ckpt_lib.Checkpointer(ckpt_dir, keep=int(cfg.checkpoint.keep), async_save=bool(cfg.checkpoint.async_save),
+                                         verify=bool(cfg.checkpoint.verify))
     shardings = run.shardings
     state_target = ckpt_lib.abstract_like(run.initial_state, shardings.state)
     tracker = _Tracker()
@@ -564,7 +576,7 @@ def train(config, workdir: str | os.PathLike, *, hooks: Sequence[Callable[[int],
         if math.isfinite(loss) and params_finite:
             return
         checkpointer.wait()
-        good = f"step {tracker.last_saved} in {ckpt_dir}" if tracker.last_saved >= 0 else "none (no checkpoint was saved yet)"
+        good = _last_good_checkpoint(checkpointer, tracker.last_saved)
         what = (f"The training loss is {loss} at step {done_step}" if not math.isfinite(loss)
                 else f"The parameters are not finite after the update of step {done_step}")
         raise NonFiniteLossError(

@@ -132,3 +132,31 @@ def test_failed_save_leaves_the_previous_adapter_and_no_temporary_files(saved, t
     with pytest.raises(ValueError, match="already holds files"):
         save_adapter(tmp_path / "other", adapter, cfg)
     assert os.listdir(tmp_path / "other") == ["keep.txt"]
+
+
+def test_garbled_tensor_bytes_that_still_parse_are_caught_by_the_digest(saved):
+    folder, adapter, cfg = saved
+    weights = folder / "adapter.safetensors"
+    data = bytearray(weights.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")  # safetensors: u64 header length, JSON header, raw bytes
+    for at in range(header + 100, min(header + 4196, len(data))):  # up to 4 KB XOR-ed inside the tensor bytes: still valid safetensors
+        data[at] ^= 0x5A
+    weights.write_bytes(data)
+    with safe_open(str(weights), framework="numpy") as f:  # the file format itself notices nothing
+        assert list(f.keys())
+    with pytest.raises(jaxlora.errors.ModelLoadError, match=r"adapter.safetensors does not match the digest .* "
+                                                            r"tensor\(s\) differ from what was saved .*corrupt"):
+        load_adapter(str(folder))
+
+
+def test_top_level_variant_must_agree_with_the_config(saved):
+    folder, _, _ = saved
+    _edit_config(folder, lambda d: d.update(variant="condlora"))
+    with pytest.raises(ValueError, match="names variant 'condlora' at the top level but 'lora' in its config"):
+        load_adapter(str(folder))
+
+
+def test_an_adapter_written_before_digests_loads_unchecked(saved):
+    folder, adapter, _ = saved
+    _edit_config(folder, lambda d: d.pop("digest"))
+    assert trees_equal(load_adapter(str(folder))[0], adapter)
