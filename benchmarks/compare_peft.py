@@ -151,6 +151,7 @@ class JaxRunner:
 
         import jaxlora
         from jaxlora import models
+        from jaxlora.training import FullFineTune, LowRank
 
         self.jax = jax
         gpu = spec["device"] == "gpu"
@@ -183,17 +184,14 @@ class JaxRunner:
         else:
             opt = optax.adamw(LEARNING_RATE, b1=0.9, b2=0.999, eps=1e-8, weight_decay=WEIGHT_DECAY)
             if method == "full":
-                cfg, frozen, fixed, trainable = None, {}, {}, params
+                training_method = FullFineTune()
             else:
-                cfg = jaxlora.AdapterConfig(**method, trainable=("classifier",))
-                adapter = jaxlora.init(jax.random.key(0), params, cfg)
-                frozen, fixed, trainable = params, adapter.fixed, adapter.trainable
+                training_method = LowRank(jaxlora.AdapterConfig(**method, trainable=("classifier",)))
+            adapter = training_method.initial(jax.random.key(0), params)
+            frozen, fixed, trainable = training_method.device_frozen(params), adapter.fixed, adapter.trainable
 
             def loss_fn(trainable, frozen, fixed, b, rng):
-                if cfg is None:
-                    p = trainable
-                else:
-                    p = jaxlora.apply(frozen, jaxlora.Adapter(trainable, fixed), cfg, mode="factored")
+                p = training_method.params(frozen, trainable, fixed)
                 logits = module.apply({"params": p}, b["input_ids"], b["attention_mask"],
                                       deterministic=False, rngs={"dropout": rng})
                 return optax.softmax_cross_entropy_with_integer_labels(

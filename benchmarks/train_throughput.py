@@ -63,12 +63,10 @@ def bare_step_rate(config) -> tuple[float, int]:
     Steps are dispatched back to back and waited for once at the end, as a loop with no host work would.
     """
     run = training.build(config)
-    step_fn = training.make_train_step(run.module, run.adapter_config, run.optimizer, run.task.is_regression,
-                                       run.shardings)
-    batches = jdata.iterate(run.train_data, jdata.LoaderState(seed=int(config.seed)), int(config.batch_size),
-                            buckets=run.buckets, group_by_length=bool(config.group_by_length))
+    step_fn = training.make_train_step(run.module, run.method, run.optimizer, run.task, run.shardings)
+    batches = run.task.train_batches(run.train_data, jdata.LoaderState(seed=int(config.seed)), int(config.batch_size))
     host = [next(batches)[0] for _ in range(run.total_steps)]
-    device = [sh.put_batch(b, run.shardings.batch) for b in host]
+    device = [sh.put_batch(b, run.shardings.batch, run.task.device_keys) for b in host]
     state, shapes = run.initial_state, {}
     for batch, on_device in zip(host, device):  # compile every padded length once
         shapes.setdefault(batch["input_ids"].shape, on_device)

@@ -11,6 +11,7 @@ Typical use (offline, from local GLUE files)::
 
 from jaxlora.data.batching import (
     BATCH_KEYS,
+    DEVICE_KEYS,
     LoaderState,
     TokenizedDataset,
     bucket_lengths,
@@ -25,21 +26,7 @@ from jaxlora.data.batching import (
     tokenize,
     tokenizer_fingerprint,
 )
-from jaxlora.data.glue import (
-    HUB_PATH,
-    TASKS,
-    GlueSplits,
-    GlueTask,
-    Split,
-    find_split_file,
-    get_task,
-    hub_offline_reason,
-    load_hub_split,
-    load_split,
-    protocol_splits,
-    read_file,
-    read_split,
-    split_train_validation,
-    take,
-    task_names,
-)
+from jaxlora.data.glue import HUB_PATH, SPLIT_NAMES, TASKS, GlueTask, get_task, task_names
+from jaxlora.data.protocol import GlueSplits, protocol_splits, split_train_validation
+from jaxlora.data.readers import FILE_EXTENSIONS, Split, read_file, take
+from jaxlora.data.sources import find_split_file, hub_offline_reason, load_hub_split, load_split, read_split

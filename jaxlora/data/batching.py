@@ -33,7 +33,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from jaxlora.data.glue import Split
+from jaxlora.data.readers import Split
 
 __all__ = [
     "TokenizedDataset",
@@ -50,12 +50,15 @@ __all__ = [
     "iterate",
     "iterate_eval",
     "BATCH_KEYS",
+    "DEVICE_KEYS",
 ]
 
 # Bump when the cached arrays change meaning, so stale caches are never read.
 _CACHE_FORMAT = 1
 _FINGERPRINTS: "weakref.WeakKeyDictionary[Any, tuple[int, str]]" = weakref.WeakKeyDictionary()
-BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "example_mask", "idx")
+# The batch schema of make_batch. Every key but idx goes to the devices (idx may not fit int32).
+DEVICE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "example_mask")
+BATCH_KEYS = DEVICE_KEYS + ("idx",)
 
 
 class TokenizedDataset(NamedTuple):

@@ -1,16 +1,22 @@
-"""Training: the sharded optax loop, orbax checkpoints, reporting, GLUE metrics.
+"""Training: the sharded optax loop, orbax checkpoints, reporting; it speaks in methods and tasks.
 
 ``train(config, workdir)`` is the program behind ``train.py``; its pieces are usable alone:
 
 * :mod:`~jaxlora.training.config`: the config schema, validation, derived values;
+* :mod:`~jaxlora.training.methods`: what a run trains: :class:`LowRank` (an adapter) or
+  :class:`FullFineTune`, each answering params / initial state / counts / export;
 * :mod:`~jaxlora.training.optim`: adamw with warmup + linear decay, per-group learning rates;
 * :mod:`~jaxlora.training.sharding`: the (data, fsdp, tensor) mesh and every NamedSharding;
+* :mod:`~jaxlora.training.step`: the jitted train and eval steps, evaluation over a split;
+* :mod:`~jaxlora.training.assembly`: :func:`build`, from a config to a :class:`Run`;
+* :mod:`~jaxlora.training.loop`: :func:`train`, the loop, resume, interrupts, the final test;
+* :mod:`~jaxlora.training.throughput`: the loop's examples/s and host-time bookkeeping;
 * :mod:`~jaxlora.training.checkpoint`: orbax checkpoints (latest N + best, fallback on corruption);
-* :mod:`~jaxlora.training.loop`: the jitted step, evaluation, the whole run;
-* :mod:`~jaxlora.training.reporting`: progress bar, metrics.jsonl, results.json, predictions, plot;
-* :mod:`~jaxlora.training.metrics`: GLUE metrics in numpy.
+* :mod:`~jaxlora.training.reporting`: progress bar, metrics.jsonl, results.json, the learning curve.
 
-Example::
+What a run learns (data, batches, loss, metrics, predictions) is its task, from :mod:`jaxlora.tasks`.
+
+Example (a 200-step MiniLM run on local GLUE files)::
 
     from jaxlora.training import default_config, train
     config = default_config()
@@ -18,27 +24,21 @@ Example::
     results = train(config, "runs/quick")
 """
 
+from jaxlora.tasks.glue import loss_fn
+from jaxlora.tasks.metrics import compute_metrics, primary_metric
+from jaxlora.training.assembly import Run, build
 from jaxlora.training.checkpoint import Checkpointer
 from jaxlora.training.config import FULL_VARIANT, adapter_config, default_config, flags_parser, validate
-from jaxlora.training.loop import (
-    NonFiniteLossError,
-    Run,
-    TrainState,
-    build,
-    evaluate,
-    loss_fn,
-    make_eval_step,
-    make_train_step,
-    model_params,
-    train,
-)
-from jaxlora.training.metrics import compute_metrics, primary_metric
+from jaxlora.training.loop import NonFiniteLossError, train
+from jaxlora.training.methods import FullFineTune, LowRank, TrainingMethod, as_method, method_from_config
 from jaxlora.training.optim import OptimizerSpec, linear_schedule, make_optimizer
 from jaxlora.training.sharding import make_mesh
+from jaxlora.training.step import TrainState, evaluate, make_eval_step, make_train_step, model_params
 
 __all__ = [
-    "Checkpointer", "FULL_VARIANT", "NonFiniteLossError", "OptimizerSpec", "Run", "TrainState", "adapter_config",
-    "build", "compute_metrics", "default_config", "evaluate", "flags_parser", "linear_schedule", "loss_fn",
-    "make_eval_step", "make_mesh", "make_optimizer", "make_train_step", "model_params", "primary_metric",
-    "train", "validate",
+    "Checkpointer", "FULL_VARIANT", "FullFineTune", "LowRank", "NonFiniteLossError", "OptimizerSpec", "Run",
+    "TrainState", "TrainingMethod", "adapter_config", "as_method", "build", "compute_metrics",
+    "default_config", "evaluate", "flags_parser", "linear_schedule", "loss_fn", "make_eval_step", "make_mesh",
+    "make_optimizer", "make_train_step", "method_from_config", "model_params", "primary_metric", "train",
+    "validate",
 ]

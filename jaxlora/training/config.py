@@ -9,7 +9,7 @@ A few fields resolve from the task when left at their "auto" value:
 
 * ``optimizer.learning_rate = -1``: ``optimizer.task_learning_rates[task]`` (a method's per-task
   learning rates, filled by the config files), so ``--config.task=rte`` picks RTE's rate;
-* ``num_epochs = 0``: the protocol's epoch cap of the task (``GlueTask.max_epochs``).
+* ``num_epochs = 0``: the task's default (for GLUE, the protocol's epoch cap ``GlueTask.max_epochs``).
 
 Example::
 
@@ -31,7 +31,7 @@ import ml_collections
 
 from jaxlora.adapters.base import registered_variants
 from jaxlora.adapters.config import AdapterConfig
-from jaxlora.data.glue import get_task, task_names
+from jaxlora import tasks
 
 __all__ = [
     "FULL_VARIANT",
@@ -128,6 +128,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.export = True  # write workdir/adapter (native) and workdir/peft_adapter at the end
     c.progress_bar = True
     c.plot = True  # workdir/learning_curves.png
+
+    # Task kinds with options of their own: config.<kind name> (GLUE's options are the data fields above).
+    for kind in tasks.kinds():
+        if kind.options is not None:
+            c[kind.name] = kind.options()
     c.lock()
     return c
 
@@ -186,10 +191,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if missing:
         problems.append(f"missing fields {missing}: start configs from jaxlora.training.default_config().")
     if not problems:
-        try:
-            get_task(config.task)
-        except (KeyError, ValueError):
-            problems.append(f"config.task={config.task!r} is not a GLUE task; choose one of {list(task_names())}.")
+        if tasks.find_kind(config.task) is None:
+            problems.append(f"config.task={config.task!r} is not a GLUE task or another registered task kind; "
+                            f"choose one of {list(tasks.task_names())}.")
         variants = sorted(registered_variants()) + [FULL_VARIANT]
         if config.lora.variant not in variants:
             problems.append(f"config.lora.variant={config.lora.variant!r} is unknown; choose one of {variants}.")
@@ -239,8 +243,10 @@ def adapter_config(config: ml_collections.ConfigDict) -> AdapterConfig | None:
     )
 
 
-def learning_rate(config: ml_collections.ConfigDict) -> float:
+def learning_rate(config: ml_collections.ConfigDict, task: tasks.Task | None = None) -> float:
     """The base learning rate: ``optimizer.learning_rate``, or the task's entry when it is -1.
+
+    ``task`` is the run's task object (built from ``config`` when not given).
 
     Example::
 
@@ -251,17 +257,17 @@ def learning_rate(config: ml_collections.ConfigDict) -> float:
     if opt.learning_rate > 0:
         return float(opt.learning_rate)
     table = dict(opt.task_learning_rates)
-    task = get_task(config.task).name
-    if task not in table:
+    name = (task or tasks.from_config(config)).name
+    if name not in table:
         raise ValueError(
             f"config.optimizer.learning_rate is -1 (the task's rate) but task_learning_rates has no entry "
-            f"for {task!r} (it has {sorted(table)}): set --config.optimizer.learning_rate=<value>."
+            f"for {name!r} (it has {sorted(table)}): set --config.optimizer.learning_rate=<value>."
         )
-    return float(table[task])
+    return float(table[name])
 
 
-def num_epochs(config: ml_collections.ConfigDict) -> int:
-    """``config.num_epochs``, or the protocol's cap for the task when it is 0.
+def num_epochs(config: ml_collections.ConfigDict, task: tasks.Task | None = None) -> int:
+    """``config.num_epochs``, or the task's default (the protocol's cap for GLUE) when it is 0.
 
     Example::
 
@@ -269,7 +275,7 @@ def num_epochs(config: ml_collections.ConfigDict) -> int:
     """
     if config.num_epochs > 0:
         return int(config.num_epochs)
-    return int(get_task(config.task).max_epochs) or 3
+    return int((task or tasks.from_config(config)).default_epochs)
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@
 * :class:`MetricsLog`: one JSON object per line in ``workdir/metrics.jsonl``, appended (a resumed
   run continues the same file; lines of steps after the checkpoint it resumed from are dropped);
 * :func:`write_results`: ``workdir/results.json``;
-* :func:`write_predictions`: ``workdir/predictions.jsonl``, one ``{idx, label, logits}`` per example;
 * :func:`plot_learning_curves`: ``workdir/learning_curves.png`` from metrics.jsonl.
 
 Files are written by process 0 only; the others get no-op writers.
@@ -33,7 +32,6 @@ __all__ = [
     "MetricsLog",
     "write_json",
     "write_results",
-    "write_predictions",
     "read_metrics",
     "plot_learning_curves",
     "RESULT_KEYS",
@@ -183,27 +181,6 @@ def write_results(path: str | os.PathLike, results: Mapping[str, Any]) -> None:
     if missing:
         raise ValueError(f"results lack {missing}")
     write_json(path, results)
-
-
-def write_predictions(
-    path: str | os.PathLike, idx: Sequence[int], labels: Sequence[Any], logits: np.ndarray
-) -> None:
-    """``predictions.jsonl``: one ``{"idx", "label", "logits"}`` line per example, in file order.
-
-    Example::
-
-        write_predictions(workdir / "predictions.jsonl", data.idx, data.labels, logits)
-    """
-    if not _is_writer():
-        return
-    path = os.fspath(path)
-    logits = np.asarray(logits, np.float64)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        for i, label, row in zip(idx, labels, logits):
-            label = label.item() if hasattr(label, "item") else label
-            f.write(json.dumps({"idx": int(i), "label": label, "logits": [float(v) for v in np.atleast_1d(row)]}) + "\n")
-    os.replace(tmp, path)
 
 
 def plot_learning_curves(

@@ -42,7 +42,6 @@ __all__ = [
     "AXES",
     "BATCH_AXES",
     "DEFAULT_RULES",
-    "DEVICE_BATCH_KEYS",
     "make_mesh",
     "replicated",
     "batch_sharding",
@@ -65,8 +64,6 @@ DEFAULT_RULES = (
     ("vocab", "tensor"),
     ("labels", None),
 )
-# What a training step reads from a batch (idx stays on the host: it may not fit int32).
-DEVICE_BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "example_mask")
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
@@ -245,19 +242,24 @@ def put_tree(tree: Any, shardings: Any) -> Any:
     )
 
 
-def put_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict:
-    """The device part of a host batch, rows split by ``sharding`` (every process passes the global batch).
+def put_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding, keys: Sequence[str] | None = None) -> dict:
+    """The arrays of a host batch (those named in ``keys``, default all), rows split by ``sharding``.
+
+    Every process passes the global batch. Any set of keys works: a task's batch schema is its own.
 
     Example::
 
-        device_batch = put_batch(batch, batch_sharding(mesh))
+        device_batch = put_batch(batch, batch_sharding(mesh), keys=task.device_keys)
     """
-    rows = len(batch["input_ids"])
+    keys = tuple(batch) if keys is None else tuple(keys)
+    if not keys:
+        raise ValueError("put_batch got no arrays to place.")
+    rows = len(batch[keys[0]])
     shards = _axis_size(sharding.mesh, BATCH_AXES)
     if rows % shards:
         raise ValueError(
             f"Batch size {rows} is not divisible by the {shards} batch shards of the mesh (data x fsdp): "
             "choose a batch size that is a multiple of it."
         )
-    host = {key: batch[key] for key in DEVICE_BATCH_KEYS}
+    host = {key: batch[key] for key in keys}
     return put_tree(host, {key: sharding for key in host})

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from jaxlora.data import glue
+from jaxlora import data as jdata
 
 GLUE_DIR = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "glue"
 needs_glue = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"shared GLUE data not found at {GLUE_DIR}")
@@ -31,26 +31,26 @@ def test_registry_covers_the_eight_tasks_with_the_paper_metrics():
         "rte": "accuracy", "qnli": "accuracy", "qqp": "accuracy", "mnli": "accuracy",
     }
     for name, metric in expected_primary.items():
-        task = glue.get_task(name)
+        task = jdata.get_task(name)
         assert task.primary_metric == metric
         assert metric in task.metric_names
         assert task.hub_config in ("cola", "sst2", "mrpc", "stsb", "rte", "qnli", "qqp", "mnli")
-    assert glue.get_task("stsb").num_labels == 1 and glue.get_task("stsb").is_regression
-    assert glue.get_task("stsb").metric_names == ("pearson", "spearman")
-    assert "f1" in glue.get_task("mrpc").metric_names and "f1" in glue.get_task("qqp").metric_names
-    assert glue.get_task("mnli").num_labels == 3 and glue.get_task("mnli").hub_splits["dev"] == "validation_matched"
-    assert not glue.get_task("sst2").is_pair and glue.get_task("rte").is_pair
+    assert jdata.get_task("stsb").num_labels == 1 and jdata.get_task("stsb").is_regression
+    assert jdata.get_task("stsb").metric_names == ("pearson", "spearman")
+    assert "f1" in jdata.get_task("mrpc").metric_names and "f1" in jdata.get_task("qqp").metric_names
+    assert jdata.get_task("mnli").num_labels == 3 and jdata.get_task("mnli").hub_splits["dev"] == "validation_matched"
+    assert not jdata.get_task("sst2").is_pair and jdata.get_task("rte").is_pair
 
 
 @pytest.mark.parametrize("spelling,name", [("SST-2", "sst2"), ("sst2", "sst2"), ("STS-B", "stsb"),
                                            ("CoLA", "cola"), ("MNLI-mm", "mnli_mm"), ("mnli", "mnli")])
 def test_task_spellings(spelling, name):
-    assert glue.get_task(spelling).name == name
+    assert jdata.get_task(spelling).name == name
 
 
 def test_unknown_task_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"Unknown GLUE task 'wnli'.*sst2"):
-        glue.get_task("wnli")
+        jdata.get_task("wnli")
 
 
 # ------------------------------------------------------------------------------ real GLUE files
@@ -59,9 +59,9 @@ def test_unknown_task_lists_the_known_ones():
 @needs_glue
 @pytest.mark.parametrize("task", sorted(ROWS))
 def test_real_files_row_counts_and_labels(task):
-    spec = glue.get_task(task)
-    for split_name, rows in zip(glue.SPLIT_NAMES, ROWS[task]):
-        split = glue.read_split(task, split_name, GLUE_DIR)
+    spec = jdata.get_task(task)
+    for split_name, rows in zip(jdata.SPLIT_NAMES, ROWS[task]):
+        split = jdata.read_split(task, split_name, GLUE_DIR)
         assert split.num_examples == rows == len(split.labels) == len(split.idx)
         assert (split.texts_b is not None) == spec.is_pair
         assert len(np.unique(split.idx)) == rows
@@ -80,14 +80,14 @@ def test_real_files_row_counts_and_labels(task):
 @needs_glue
 def test_quotes_are_preserved_in_original_and_exported_tsvs():
     # MRPC (GLUE original, unquoted): a field that opens a quote and never closes it.
-    mrpc = glue.read_split("mrpc", "dev", GLUE_DIR)
+    mrpc = jdata.read_split("mrpc", "dev", GLUE_DIR)
     assert mrpc.texts_b[0] == '"The foodservice pie business does not fit our long-term growth strategy.'
-    mrpc_train = glue.read_split("mrpc", "train", GLUE_DIR)
+    mrpc_train = jdata.read_split("mrpc", "train", GLUE_DIR)
     assert mrpc_train.texts_a[0] == (
         'Amrozi accused his brother, whom he called "the witness", of deliberately distorting his evidence.'
     )
     # RTE (HF export, CSV-quoted with doubled quotes): un-quoted back to the original sentence.
-    rte = glue.read_split("rte", "train", GLUE_DIR)
+    rte = jdata.read_split("rte", "train", GLUE_DIR)
     row = int(np.flatnonzero(rte.idx == 12)[0])
     assert rte.texts_a[row] == (
         'Valero Energy Corp., on Monday, said it found "extensive" additional damage '
@@ -98,23 +98,23 @@ def test_quotes_are_preserved_in_original_and_exported_tsvs():
 
 @needs_glue
 def test_sst2_trailing_spaces_and_mrpc_bom_are_stripped():
-    sst2 = glue.read_split("sst2", "dev", GLUE_DIR)
+    sst2 = jdata.read_split("sst2", "dev", GLUE_DIR)
     assert sst2.texts_a[0] == "it 's a charming and often affecting journey ."
     assert not any(t != t.strip() for t in sst2.texts_a)
     # The BOM sits before MRPC's "Quality" header: finding the label column proves it was stripped.
-    assert glue.read_split("mrpc", "dev", GLUE_DIR).labels[:3].tolist() == [1, 0, 0]
+    assert jdata.read_split("mrpc", "dev", GLUE_DIR).labels[:3].tolist() == [1, 0, 0]
 
 
 @needs_glue
 def test_folder_name_styles_and_glue_dir_env(tmp_path, monkeypatch):
     (tmp_path / "sst2").mkdir()
     shutil.copy(GLUE_DIR / "SST-2" / "dev.tsv", tmp_path / "sst2" / "validation.tsv")
-    split = glue.read_split("SST-2", "dev", tmp_path)
+    split = jdata.read_split("SST-2", "dev", tmp_path)
     assert split.num_examples == 872
     monkeypatch.setenv("GLUE_DIR", str(tmp_path))
-    assert glue.load_split("sst2", "dev").num_examples == 872  # auto: GLUE_DIR set -> local files
+    assert jdata.load_split("sst2", "dev").num_examples == 872  # auto: GLUE_DIR set -> local files
     # data_dir may also be the task folder itself.
-    assert glue.read_split("sst2", "dev", tmp_path / "sst2").num_examples == 872
+    assert jdata.read_split("sst2", "dev", tmp_path / "sst2").num_examples == 872
 
 
 # ---------------------------------------------------------------------------- Hugging Face exports
@@ -143,13 +143,13 @@ def _export(tmp_path, split, fmt):
 @needs_glue
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
 def test_hf_exports_read_back_identically(tmp_path, fmt):
-    original = glue.read_split("rte", "dev", GLUE_DIR)
+    original = jdata.read_split("rte", "dev", GLUE_DIR)
     # Add the awkward cases: an embedded tab and a field that starts with a quote.
     original = original._replace(
         texts_a=['"Quoted" at the start', "a\ttab inside"] + original.texts_a[2:]
     )
     _export(tmp_path, original, fmt)
-    read = glue.read_split("rte", "train", tmp_path)
+    read = jdata.read_split("rte", "train", tmp_path)
     assert read.texts_a == original.texts_a and read.texts_b == original.texts_b
     np.testing.assert_array_equal(read.labels, original.labels)
     np.testing.assert_array_equal(read.idx, original.idx)
@@ -160,7 +160,7 @@ def test_hub_style_unlabeled_regression_test_split(tmp_path):
     (tmp_path / "stsb" / "test.jsonl").write_text(
         '{"sentence1": "a", "sentence2": "b", "label": -1.0, "idx": 0}\n'
     )
-    split = glue.read_split("STS-B", "test", tmp_path)
+    split = jdata.read_split("STS-B", "test", tmp_path)
     assert np.isnan(split.labels).all() and not split.has_labels
 
 
@@ -169,7 +169,7 @@ def test_generic_single_sentence_export_and_string_labels(tmp_path):
     (tmp_path / "SST-2" / "train.jsonl").write_text(
         '{"sentence": "good film", "label": 1}\n{"sentence": "dull", "label": "negative"}\n'
     )
-    split = glue.read_split("sst2", "train", tmp_path)
+    split = jdata.read_split("sst2", "train", tmp_path)
     assert split.texts_a == ["good film", "dull"] and split.texts_b is None
     assert split.labels.tolist() == [1, 0] and split.idx.tolist() == [0, 1]
 
@@ -185,7 +185,7 @@ def test_generic_single_sentence_export_and_string_labels(tmp_path):
         ("qqp", "train.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n7\t1\t2\tHow?\tWhy?\t0\n"
          "8\t3\t4\t\"Quote\tUnclosed?\t1\n", ["How?", '"Quote'], ["Why?", "Unclosed?"], [0, 1]),
         ("mnli", "dev_matched.tsv",
-         "\t".join(glue._MNLI_DEV_HEADER) + "\n"
+         "\t".join(jdata.glue._MNLI_DEV_HEADER) + "\n"
          + "\t".join(["0", "1", "1e", "fiction", "(a)", "(b)", "(A)", "(B)", "A man.", "A person.",
                       "entailment", "entailment", "neutral", "entailment", "entailment", "entailment"]) + "\n"
          + "\t".join(["1", "2", "2c", "travel", "(a)", "(b)", "(A)", "(B)", "Rain.", "Sun."]
@@ -195,12 +195,12 @@ def test_generic_single_sentence_export_and_string_labels(tmp_path):
 )
 def test_original_formats_of_tasks_not_in_shared_data(tmp_path, task, filename, text, expected_a, expected_b,
                                                        expected_labels):
-    spec = glue.get_task(task)
+    spec = jdata.get_task(task)
     folder = tmp_path / spec.folder_names[0]
     folder.mkdir()
     (folder / filename).write_text(text, encoding="utf-8")
     split_name = {"train.tsv": "train", "dev.tsv": "dev", "dev_matched.tsv": "dev"}[filename]
-    split = glue.read_split(task, split_name, tmp_path)
+    split = jdata.read_split(task, split_name, tmp_path)
     assert split.texts_a == expected_a and split.texts_b == expected_b
     assert split.labels.tolist() == expected_labels
 
@@ -211,18 +211,18 @@ def test_original_formats_of_tasks_not_in_shared_data(tmp_path, task, filename, 
 def test_missing_glue_dir_says_to_set_it(monkeypatch):
     monkeypatch.delenv("GLUE_DIR", raising=False)
     with pytest.raises(FileNotFoundError, match=r"GLUE_DIR is not set.*data_dir"):
-        glue.read_split("sst2", "train")
+        jdata.read_split("sst2", "train")
     with pytest.raises(FileNotFoundError, match=r"'/no/such/glue' \(from data_dir\) does not exist.*GLUE_DIR"):
-        glue.read_split("sst2", "train", "/no/such/glue")
+        jdata.read_split("sst2", "train", "/no/such/glue")
 
 
 def test_missing_task_folder_and_split_file_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"No folder for GLUE task CoLA in .*(CoLA or cola).*GLUE_DIR"):
-        glue.read_split("cola", "train", tmp_path)
+        jdata.read_split("cola", "train", tmp_path)
     (tmp_path / "CoLA").mkdir()
     (tmp_path / "CoLA" / "train.tsv").write_text("gj04\t1\t\tFine.\n")
     with pytest.raises(FileNotFoundError, match=r"No dev file for GLUE task CoLA in '.*CoLA'.*dev\.\{tsv"):
-        glue.read_split("cola", "dev", tmp_path)
+        jdata.read_split("cola", "dev", tmp_path)
 
 
 def test_malformed_rows_name_file_line_and_problem(tmp_path):
@@ -232,13 +232,13 @@ def test_malformed_rows_name_file_line_and_problem(tmp_path):
     header = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
     path.write_text(header + "1\t1\t2\tA.\tB.\n0\t3\t4\tOnly one sentence\n", encoding="utf-8")
     with pytest.raises(ValueError, match=rf"{path}, line 3: expected 5 tab-separated fields .* found 4"):
-        glue.read_split("mrpc", "train", tmp_path)
+        jdata.read_split("mrpc", "train", tmp_path)
     path.write_text(header + "1\t1\t2\tA.\tB.\nmaybe\t3\t4\tC.\tD.\n", encoding="utf-8")
     with pytest.raises(ValueError, match=rf"{path}, line 3: label 'maybe' is not an integer in \[0, 2\)"):
-        glue.read_split("mrpc", "train", tmp_path)
+        jdata.read_split("mrpc", "train", tmp_path)
     path.write_text(header + "7\t1\t2\tA.\tB.\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"line 2: label 7 is out of range for MRPC"):
-        glue.read_split("mrpc", "train", tmp_path)
+        jdata.read_split("mrpc", "train", tmp_path)
 
 
 def test_malformed_jsonl_and_missing_columns(tmp_path):
@@ -247,10 +247,10 @@ def test_malformed_jsonl_and_missing_columns(tmp_path):
     path = folder / "train.jsonl"
     path.write_text('{"sentence1": "a", "sentence2": "b", "label": 0}\n{"sentence1": "a", "sente\n')
     with pytest.raises(ValueError, match=rf"{path}, line 2: invalid JSON"):
-        glue.read_split("rte", "train", tmp_path)
+        jdata.read_split("rte", "train", tmp_path)
     path.write_text('{"premise": "a", "label": 0}\n')
     with pytest.raises(ValueError, match=r"has no first-sentence column: looked for 'sentence1'.*found 'premise'"):
-        glue.read_split("rte", "train", tmp_path)
+        jdata.read_split("rte", "train", tmp_path)
 
 
 # ----------------------------------------------------------------------------------------- hub
@@ -259,11 +259,11 @@ def test_malformed_jsonl_and_missing_columns(tmp_path):
 def test_offline_hub_fails_fast_and_points_at_local_files(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("GLUE_DIR", raising=False)
-    assert "HF_HUB_OFFLINE" in glue.hub_offline_reason()
+    assert "HF_HUB_OFFLINE" in jdata.hub_offline_reason()
     start = time.perf_counter()
     with pytest.raises(ConnectionError, match=r"Cannot load GLUE task SST-2 from the Hugging Face hub: "
                                               r"HF_HUB_OFFLINE=1 is set.*GLUE_DIR"):
-        glue.load_split("sst2", "train")  # source="auto" with no GLUE_DIR goes to the hub
+        jdata.load_split("sst2", "train")  # source="auto" with no GLUE_DIR goes to the hub
     assert time.perf_counter() - start < 1.0
 
 
@@ -271,7 +271,7 @@ def test_unreachable_host_is_detected_quickly(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     start = time.perf_counter()
-    reason = glue.hub_offline_reason(timeout_s=0.5, host="unreachable.invalid")
+    reason = jdata.hub_offline_reason(timeout_s=0.5, host="unreachable.invalid")
     assert reason is not None and "unreachable.invalid is unreachable" in reason
     assert time.perf_counter() - start < 5.0
 
@@ -281,16 +281,16 @@ def test_unreachable_host_is_detected_quickly(monkeypatch):
 
 @needs_glue
 def test_protocol_split_is_deterministic_disjoint_and_complete():
-    full = glue.read_split("sst2", "train", GLUE_DIR)
-    train, validation = glue.split_train_validation(full, 0.1, seed=1)
+    full = jdata.read_split("sst2", "train", GLUE_DIR)
+    train, validation = jdata.split_train_validation(full, 0.1, seed=1)
     assert (train.num_examples, validation.num_examples) == (60614, 6735)
     ids_train, ids_val = set(train.idx.tolist()), set(validation.idx.tolist())
     assert not ids_train & ids_val
     assert ids_train | ids_val == set(full.idx.tolist())
-    again_train, again_val = glue.split_train_validation(full, 0.1, seed=1)
+    again_train, again_val = jdata.split_train_validation(full, 0.1, seed=1)
     np.testing.assert_array_equal(again_val.idx, validation.idx)
     assert again_train.texts_a == train.texts_a
-    other = glue.split_train_validation(full, 0.1, seed=2)[1]
+    other = jdata.split_train_validation(full, 0.1, seed=2)[1]
     assert not np.array_equal(other.idx, validation.idx)
     # Rows travel with their labels.
     row = int(validation.idx[0])
@@ -301,7 +301,7 @@ def test_protocol_split_is_deterministic_disjoint_and_complete():
 def test_protocol_split_matches_the_official_datasets_shuffle():
     import datasets
 
-    splits = glue.protocol_splits("rte", data_dir=GLUE_DIR)
+    splits = jdata.protocol_splits("rte", data_dir=GLUE_DIR)
     n = 2490
     shuffled = datasets.Dataset.from_dict({"row": np.arange(n)}).shuffle(seed=1)["row"]
     num_validation = round(n * 0.1)
@@ -311,12 +311,12 @@ def test_protocol_split_matches_the_official_datasets_shuffle():
 
 
 def test_take_and_split_argument_errors():
-    split = glue.Split(["a", "b", "c"], None, np.array([0, 1, 0], np.int32), np.arange(3))
-    sub = glue.take(split, [2, 0])
+    split = jdata.Split(["a", "b", "c"], None, np.array([0, 1, 0], np.int32), np.arange(3))
+    sub = jdata.take(split, [2, 0])
     assert sub.texts_a == ["c", "a"] and sub.labels.tolist() == [0, 0] and sub.idx.tolist() == [2, 0]
     with pytest.raises(ValueError, match=r"validation_fraction must be in \(0, 1\)"):
-        glue.split_train_validation(split, 1.5)
+        jdata.split_train_validation(split, 1.5)
     with pytest.raises(ValueError, match="leaves an empty split"):
-        glue.split_train_validation(split, 0.1)
+        jdata.split_train_validation(split, 0.1)
     with pytest.raises(ValueError, match="Unknown split 'valid'"):
-        glue.find_split_file("sst2", "valid", os.getcwd())
+        jdata.find_split_file("sst2", "valid", os.getcwd())

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxlora.training import metrics
+from jaxlora.tasks import metrics
 
 
 def test_accuracy_and_binary_f1_known_values():

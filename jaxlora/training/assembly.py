@@ -1,0 +1,173 @@
+"""Run assembly: from a validated config to everything the first step needs, in a :class:`Run`.
+
+:func:`build` is the only place that reads the config's model, method, task, optimiser and mesh
+fields together:
+
+1. the task (built once, :func:`jaxlora.tasks.from_config`) loads its data with the model's tokenizer;
+2. the model is loaded with the head the task asks for (``task.model_head()``);
+3. the training method (:func:`~jaxlora.training.methods.method_from_config`, or the PEFT folder
+   of ``config.init_from_peft``) gives the initial adapter;
+4. the optimiser follows the task's epochs and the config's schedule;
+5. the mesh places the frozen params by logical axes, the trainable leaves by size, the batches
+   over ``(data, fsdp)`` (:mod:`~jaxlora.training.sharding`), and the initial state goes onto it.
+
+Example::
+
+    run = build(config)
+    run.total_steps, run.param_counts.trainable, run.task.metric_name
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxlora
+from jaxlora import models, tasks
+from jaxlora.adapters.config import AdapterConfig
+from jaxlora.adapters.core import Adapter
+from jaxlora.training import config as config_lib
+from jaxlora.training import optim
+from jaxlora.training import sharding as sh
+from jaxlora.training.methods import LowRank, TrainingMethod, method_from_config
+from jaxlora.training.step import StateShardings, TrainState
+
+__all__ = ["Run", "build"]
+
+log = logging.getLogger("jaxlora.training")
+
+
+class Run(NamedTuple):
+    """Everything derived from a config before the first step (see :func:`build`)."""
+
+    config: Any
+    task: tasks.Task
+    method: TrainingMethod
+    module: Any
+    frozen: Any  # on device (empty for full fine-tuning)
+    frozen_host: Any  # the frozen params as loaded (for exports)
+    adapter_config: AdapterConfig | None  # method.adapter_config: None for full fine-tuning
+    train_data: Any
+    validation_data: Any
+    test_data: Any
+    optimizer: optax.GradientTransformation
+    optimizer_spec: optim.OptimizerSpec
+    steps_per_epoch: int
+    total_steps: int
+    mesh: jax.sharding.Mesh
+    shardings: StateShardings
+    initial_state: TrainState  # on device
+    param_counts: jaxlora.ParamCount
+    metric_name: str
+
+
+def _load_model(config, task: tasks.Task):
+    overrides = {}
+    if config.model_dropout >= 0:
+        overrides = {"hidden_dropout_prob": float(config.model_dropout),
+                     "attention_probs_dropout_prob": float(config.model_dropout)}
+    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    with warnings.catch_warnings():
+        # A fresh task head is expected (pretrained checkpoints have none): not worth a warning here.
+        warnings.filterwarnings("ignore", message="Initialised .* weights not in the checkpoint")
+        return models.from_pretrained(config.model, **task.model_head(), dtype=dtype, seed=int(config.seed),
+                                      config_overrides=overrides, remat=bool(config.remat))
+
+
+def _host_copy(tree):
+    # Fresh float32 host buffers: trained leaves must never alias the frozen arrays they start from
+    # (the state is donated to the step, which would free the frozen copy too).
+    return jax.tree.map(lambda x: np.array(x, dtype=np.float32), tree)
+
+
+def _initial_method(config, module, frozen_host) -> tuple[TrainingMethod, Adapter]:
+    if config.init_from_peft:
+        method, adapter = LowRank.from_peft(config.init_from_peft, module, frozen_host)
+        log.info("Starting from the PEFT adapter in %s (its config replaces config.lora): %s",
+                 config.init_from_peft, method.config)
+        return method, adapter
+    method = method_from_config(config)
+    return method, method.initial(jax.random.fold_in(jax.random.key(int(config.seed)), 1), frozen_host)
+
+
+def _check_batch_sizes(config, mesh: jax.sharding.Mesh) -> None:
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    for name in ("batch_size", "eval_batch_size"):
+        if config[name] % shards:
+            raise ValueError(
+                f"config.{name}={config[name]} is not divisible by the {shards} batch shards of the mesh "
+                f"(data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}): use a multiple of {shards}."
+            )
+
+
+def _placed_state(config, mesh, module, method: TrainingMethod, frozen_host, adapter: Adapter,
+                  optimizer) -> tuple[Any, StateShardings, TrainState]:
+    """The frozen params on device, every sharding of the run, and the initial state on device."""
+    full_sh = sh.frozen_shardings(module, frozen_host, mesh)
+    trainable_host = _host_copy(adapter.trainable)
+    fixed_host = _host_copy(adapter.fixed)
+    trainable_sh, fixed_sh = sh.adapter_shardings(
+        trainable_host, fixed_host, mesh, full_sh, int(config.mesh.adapter_fsdp_min_size)
+    )
+    rep = sh.replicated(mesh)
+    opt_shapes = jax.eval_shape(optimizer.init, trainable_host)
+    opt_sh = sh.like_params(opt_shapes, trainable_host, trainable_sh, mesh)
+    state_sh = TrainState(step=rep, trainable=trainable_sh, fixed=fixed_sh, opt_state=opt_sh, rng=rep)
+
+    # The whole frozen tree, or nothing (full fine-tuning: the model lives in the trainable state).
+    frozen_sh = full_sh if method.device_frozen(frozen_host) else {}
+    frozen = sh.put_tree(method.device_frozen(frozen_host), frozen_sh) if frozen_sh else {}
+    shardings = StateShardings(state=state_sh, frozen=frozen_sh, batch=sh.batch_sharding(mesh), replicated=rep)
+
+    trainable = sh.put_tree(trainable_host, trainable_sh)
+    init_opt = jax.jit(optimizer.init, in_shardings=(trainable_sh,), out_shardings=opt_sh)
+    dropout_key = jax.random.fold_in(jax.random.key(int(config.seed)), 2)
+    state = TrainState(
+        step=jax.device_put(jnp.zeros((), jnp.int32), rep),
+        trainable=trainable,
+        fixed=sh.put_tree(fixed_host, fixed_sh),
+        opt_state=init_opt(trainable),
+        rng=jax.device_put(jax.random.key_data(dropout_key), rep),
+    )
+    return frozen, shardings, state
+
+
+def build(config) -> Run:
+    """Validate ``config`` and build everything a run needs (data, model, adapter, optimiser, shardings).
+
+    Example::
+
+        run = build(config)
+        run.total_steps, run.param_counts.trainable
+    """
+    config_lib.validate(config)
+    task = tasks.from_config(config)
+    data = task.load(models.load_tokenizer(config.tokenizer or config.model))
+    module, frozen_host = _load_model(config, task)
+    # Host copies: sharded device copies are made below; keeping a whole copy on one device would waste it.
+    frozen_host = jax.device_get(frozen_host)
+    method, adapter = _initial_method(config, module, frozen_host)
+
+    spe = task.steps_per_epoch(data.train, int(config.batch_size))
+    total = spe * config_lib.num_epochs(config, task)
+    if config.max_steps > 0:
+        total = min(total, int(config.max_steps))
+    spec = optim.optimizer_spec(config, config_lib.learning_rate(config, task))
+    optimizer = optim.make_optimizer(spec, total)
+
+    mesh = sh.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    _check_batch_sizes(config, mesh)
+    frozen, shardings, state = _placed_state(config, mesh, module, method, frozen_host, adapter, optimizer)
+    return Run(
+        config=config, task=task, method=method, module=module, frozen=frozen, frozen_host=frozen_host,
+        adapter_config=method.adapter_config, train_data=data.train,
+        validation_data=data.validation, test_data=data.test, optimizer=optimizer, optimizer_spec=spec,
+        steps_per_epoch=spe, total_steps=total, mesh=mesh, shardings=shardings, initial_state=state,
+        param_counts=method.counts(adapter, frozen_host), metric_name=task.metric_name,
+    )
