@@ -29,4 +29,4 @@ from jaxlora.data.batching import (
 from jaxlora.data.glue import HUB_PATH, SPLIT_NAMES, TASKS, GlueTask, get_task, task_names
 from jaxlora.data.protocol import GlueSplits, protocol_splits, split_train_validation
 from jaxlora.data.readers import FILE_EXTENSIONS, Split, read_file, take
-from jaxlora.data.sources import find_split_file, hub_offline_reason, load_hub_split, load_split, read_split
+from jaxlora.data.sources import find_split_file, load_hub_split, load_split, read_split

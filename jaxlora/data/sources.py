@@ -9,12 +9,12 @@ pointer to local files when the machine is offline.
 from __future__ import annotations
 
 import os
-import socket
 
 from jaxlora.data.glue import HUB_PATH, SPLIT_NAMES, GlueTask, _normalise, get_task
 from jaxlora.data.readers import FILE_EXTENSIONS, HOW_TO_POINT, Split, Table, read_file, split_from_table
+from jaxlora.util import hub_offline_reason
 
-__all__ = ["find_split_file", "read_split", "hub_offline_reason", "load_hub_split", "load_split"]
+__all__ = ["find_split_file", "read_split", "load_hub_split", "load_split"]
 
 
 def _resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
@@ -93,30 +93,6 @@ def read_split(task: str | GlueTask, split: str, data_dir: str | os.PathLike | N
     """
     return read_file(task, find_split_file(task, split, data_dir), split=split)
 
-
-
-_TRUTHY = ("1", "true", "yes", "on")
-
-
-def hub_offline_reason(timeout_s: float = 1.5, host: str = "huggingface.co") -> str | None:
-    """Why the hub cannot be used right now, or None when it looks reachable.
-
-    Checks HF_HUB_OFFLINE / HF_DATASETS_OFFLINE first, then tries one TCP connection with a short
-    timeout, so an offline machine fails in about a second instead of after a minute of retries.
-
-    Example::
-
-        if (reason := hub_offline_reason()) is not None:
-            print("offline:", reason)
-    """
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in _TRUTHY:
-            return f"{var}={os.environ[var]} is set"
-    try:
-        with socket.create_connection((host, 443), timeout=timeout_s):
-            return None
-    except OSError as e:
-        return f"{host} is unreachable ({e.__class__.__name__}: {e})"
 
 
 def load_hub_split(task: str | GlueTask, split: str) -> Split:

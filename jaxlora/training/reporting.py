@@ -21,11 +21,12 @@ import json
 import logging
 import math
 import os
-import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
+
+from jaxlora import util
 
 __all__ = [
     "Progress",
@@ -62,21 +63,14 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, document: Mapping[str, Any]) -> None:
-    """Write ``document`` to ``path`` atomically (temporary file + rename), indented.
+    """Write ``document`` to ``path`` atomically, indented (numpy values as numbers, NaN as text).
 
     Example::
 
         write_json(workdir / "results.json", {"task": "sst2"})
     """
-    if not _is_writer():
-        return
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(_jsonable(document), f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    if _is_writer():
+        util.write_json(path, _jsonable(document))
 
 
 class Progress:
