@@ -17,7 +17,7 @@ Reading rules that matter (each one was a real bug somewhere):
 
 >>> import pathlib, tempfile
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "dev.tsv"
->>> _ = path.write_text("sentence\tlabel\nit is great \t1\n")
+>>> _ = path.write_text("sentence\\tlabel\\nit is great \\t1\\n")
 >>> split = read_file("sst2", path, split="dev")
 >>> split.texts_a, split.labels.tolist()
 (['it is great'], [1])

@@ -9,9 +9,8 @@ paper reports and checkpoint selection should maximise (all of them: higher is b
 Degenerate inputs (a constant prediction vector, no positive class) return 0.0 rather than NaN,
 as scikit-learn does for MCC and F1: a best-checkpoint comparison must never see a NaN.
 
-Example::
-
-    compute_metrics("mrpc", logits, labels)   # {"accuracy": 0.84, "f1": 0.88}
+>>> compute_metrics("mrpc", [[0.0, 1.0], [2.0, 0.0], [0.0, 3.0]], [1, 0, 0])
+{'accuracy': 0.6666666666666666, 'f1': 0.6666666666666666}
 """
 
 from __future__ import annotations
@@ -50,9 +49,8 @@ def _paired(predictions: Any, labels: Any, dtype: Any = None) -> tuple[np.ndarra
 def accuracy(predictions: Any, labels: Any) -> float:
     """Fraction of predictions equal to the labels.
 
-    Example::
-
-        accuracy([1, 0, 1], [1, 1, 1])   # 0.666...
+    >>> round(accuracy([1, 0, 1], [1, 1, 1]), 4)
+    0.6667
     """
     predictions, labels = _paired(predictions, labels)
     return float(np.mean(predictions == labels))
@@ -61,9 +59,8 @@ def accuracy(predictions: Any, labels: Any) -> float:
 def f1_binary(predictions: Any, labels: Any, positive: int = 1) -> float:
     """F1 of the ``positive`` class: 2 TP / (2 TP + FP + FN); 0.0 when there is nothing to score.
 
-    Example::
-
-        f1_binary([1, 1, 0, 0], [1, 0, 1, 0])   # 0.5
+    >>> f1_binary([1, 1, 0, 0], [1, 0, 1, 0])
+    0.5
     """
     predictions, labels = _paired(predictions, labels)
     predicted, actual = predictions == positive, labels == positive
@@ -78,9 +75,8 @@ def matthews_corrcoef(predictions: Any, labels: Any) -> float:
     MCC = (c s - sum_k p_k t_k) / sqrt((s^2 - sum_k p_k^2)(s^2 - sum_k t_k^2)) with s examples,
     c correct, p_k predicted and t_k true counts of class k. 0.0 when either side is constant.
 
-    Example::
-
-        matthews_corrcoef([1, 1, 0, 0], [1, 0, 0, 0])   # 0.577...
+    >>> round(matthews_corrcoef([1, 1, 0, 0], [1, 0, 0, 0]), 4)
+    0.5774
     """
     predictions, labels = _paired(predictions, labels)
     classes, encoded = np.unique(np.concatenate([predictions, labels]), return_inverse=True)
@@ -100,9 +96,8 @@ def matthews_corrcoef(predictions: Any, labels: Any) -> float:
 def pearson(predictions: Any, labels: Any) -> float:
     """Pearson correlation; 0.0 when either vector is constant.
 
-    Example::
-
-        pearson([1.0, 2.0, 3.0], [2.0, 4.0, 7.0])   # 0.993...
+    >>> round(pearson([1.0, 2.0, 3.0], [2.0, 4.0, 7.0]), 4)
+    0.9934
     """
     x, y = _paired(predictions, labels, np.float64)
     x, y = x - x.mean(), y - y.mean()
@@ -128,9 +123,8 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 def spearman(predictions: Any, labels: Any) -> float:
     """Spearman rank correlation: Pearson of average ranks (ties handled as scipy does).
 
-    Example::
-
-        spearman([1.0, 2.0, 3.0], [2.0, 4.0, 7.0])   # 1.0
+    >>> spearman([1.0, 2.0, 3.0], [2.0, 4.0, 7.0])
+    1.0
     """
     x, y = _paired(predictions, labels, np.float64)
     return pearson(_average_ranks(x), _average_ranks(y))
@@ -150,9 +144,8 @@ def predictions_from_outputs(task: str | GlueTask, outputs: Any) -> np.ndarray:
 
     Accepts logits ``(n, num_labels)``, class ids ``(n,)`` or regression scores ``(n,)``/``(n, 1)``.
 
-    Example::
-
-        predictions_from_outputs("sst2", [[0.1, 2.0], [3.0, -1.0]])   # array([1, 0])
+    >>> predictions_from_outputs("sst2", [[0.1, 2.0], [3.0, -1.0]]).tolist()
+    [1, 0]
     """
     task = get_task(task)
     outputs = np.asarray(outputs)
@@ -181,10 +174,10 @@ def compute_metrics(task: str | GlueTask, outputs: Any, labels: Any, mask: Any =
 
     ``mask`` (e.g. the concatenated ``example_mask`` of eval batches) drops padding rows.
 
-    Example::
-
-        compute_metrics("cola", logits, labels)            # {"mcc": 0.55, "accuracy": 0.81}
-        compute_metrics("stsb", scores, labels, mask=m)    # {"pearson": 0.88, "spearman": 0.87}
+    >>> compute_metrics("cola", [[0.0, 1.0], [1.0, 0.0]], [1, 0])
+    {'mcc': 1.0, 'accuracy': 1.0}
+    >>> compute_metrics("stsb", [1.0, 2.0, 3.0, 0.0], [1.5, 2.5, 3.5, 0.0], mask=[1, 1, 1, 0])
+    {'pearson': 1.0, 'spearman': 1.0}
     """
     task = get_task(task)
     predictions = predictions_from_outputs(task, outputs)
@@ -207,8 +200,7 @@ def compute_metrics(task: str | GlueTask, outputs: Any, labels: Any, mask: Any =
 def primary_metric(task: str | GlueTask) -> str:
     """The metric the CondLoRA paper reports for ``task`` (MCC for CoLA, Pearson for STS-B, else accuracy).
 
-    Example::
-
-        primary_metric("CoLA")   # "mcc"
+    >>> primary_metric("CoLA")
+    'mcc'
     """
     return get_task(task).primary_metric

@@ -11,13 +11,12 @@ A few fields resolve from the task when left at their "auto" value:
   learning rates, filled by the config files), so ``--config.task=rte`` picks RTE's rate;
 * ``num_epochs = 0``: the task's default (for GLUE, the protocol's epoch cap ``GlueTask.max_epochs``).
 
-Example::
-
-    config = default_config()
-    config.task = "mrpc"
-    config.lora.variant = "condlora"
-    validate(config)
-    adapter_config(config)   # jaxlora.AdapterConfig(variant="condlora", ...)
+>>> config = default_config()
+>>> config.task = "mrpc"
+>>> config.lora.variant = "condlora"
+>>> validate(config)
+>>> adapter_config(config).variant
+'condlora'
 """
 
 from __future__ import annotations
@@ -50,10 +49,11 @@ FULL_VARIANT = "full"
 def default_config() -> ml_collections.ConfigDict:
     """Every field of a training run, with neutral defaults (a locked ``ConfigDict``).
 
-    Example::
-
-        config = default_config()
-        config.model = "minilm-l6"; config.data_dir = "../shared/data/glue"
+    >>> config = default_config()
+    >>> config.model = "minilm-l6"
+    >>> config.lora.rnk = 4   # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    AttributeError: 'Key "rnk" does not exist and cannot be added since the config is locked...
     """
     c = ml_collections.ConfigDict()
     # What to train on.
@@ -179,10 +179,12 @@ def _check_fields(config, schema, path: tuple[str, ...], problems: list[str]) ->
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raise one ``ValueError`` listing every unknown or invalid field of ``config``.
 
-    Example::
-
-        config = default_config().unlock(); config.lora.rnk = 4
-        validate(config)   # ValueError: unknown field 'config.lora.rnk'. Did you mean 'config.lora.rank'? ...
+    >>> config = default_config().unlock()
+    >>> config.lora.rnk = 4
+    >>> validate(config)   # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: Invalid training config:
+      - unknown field 'config.lora.rnk'. Did you mean 'config.lora.rank'? Known fields there: [...].
     """
     problems: list[str] = []
     schema = default_config()
@@ -248,10 +250,12 @@ def learning_rate(config: ml_collections.ConfigDict, task: tasks.Task | None = N
 
     ``task`` is the run's task object (built from ``config`` when not given).
 
-    Example::
-
-        config.optimizer.learning_rate = -1; config.optimizer.task_learning_rates = {"rte": 1.62e-4}
-        config.task = "rte"; learning_rate(config)   # 1.62e-4
+    >>> config = default_config()
+    >>> config.optimizer.learning_rate = -1
+    >>> config.optimizer.task_learning_rates = {"rte": 1.62e-4}
+    >>> config.task = "RTE"
+    >>> learning_rate(config)
+    0.000162
     """
     opt = config.optimizer
     if opt.learning_rate > 0:
@@ -269,9 +273,10 @@ def learning_rate(config: ml_collections.ConfigDict, task: tasks.Task | None = N
 def num_epochs(config: ml_collections.ConfigDict, task: tasks.Task | None = None) -> int:
     """``config.num_epochs``, or the task's default (the protocol's cap for GLUE) when it is 0.
 
-    Example::
-
-        config.task = "sst2"; config.num_epochs = 0; num_epochs(config)   # 60
+    >>> config = default_config()
+    >>> config.task, config.num_epochs = "sst2", 0
+    >>> num_epochs(config)
+    60
     """
     if config.num_epochs > 0:
         return int(config.num_epochs)
@@ -297,9 +302,7 @@ def flags_parser(argv: Sequence[str], flag: str = "config") -> list[str]:
     ml_collections reports an unknown override as a bare ``AttributeError: 'x'`` with a traceback;
     this names the flag, the field and the fields that exist, then exits with status 2.
 
-    Example::
-
-        app.run(main, flags_parser=jaxlora.training.flags_parser)
+    ``train.py`` runs its ``main`` with ``app.run(main, flags_parser=jaxlora.training.flags_parser)``.
     """
     from absl import flags
 
@@ -340,9 +343,12 @@ def flags_parser(argv: Sequence[str], flag: str = "config") -> list[str]:
 def glue_dir_default(repo_root: str | os.PathLike) -> str:
     """$GLUE_DIR, else ``<repo>/../shared/data/glue`` when it exists; otherwise a clear error.
 
-    Example::
-
-        glue_dir_default("/work/main")   # "/work/shared/data/glue"
+    >>> import tempfile
+    >>> from unittest import mock
+    >>> folder = os.path.realpath(tempfile.mkdtemp())
+    >>> with mock.patch.dict(os.environ, {"GLUE_DIR": folder}):
+    ...     glue_dir_default("/any/repo") == folder
+    True
     """
     value = os.environ.get("GLUE_DIR", "")
     if value:

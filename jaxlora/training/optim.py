@@ -8,11 +8,12 @@ The two top-level groups may train at different rates (``optax.multi_transform``
 label of each leaf): a low-rank adapter often wants a larger rate than the head it trains with.
 Weight decay is decoupled (adamw) and applies to matrices only, never to biases and norm scales.
 
-Example::
-
-    schedule = linear_schedule(1e-3, total_steps=1000, warmup_steps=100)
-    tx = make_optimizer(OptimizerSpec(learning_rate=1e-3), total_steps=1000)
-    opt_state = tx.init(adapter.trainable)
+>>> import jax.numpy as jnp
+>>> trainable = {"lowrank": {"a": jnp.ones((4, 2))}, "full": {"bias": jnp.zeros(2)}}
+>>> tx = make_optimizer(OptimizerSpec(learning_rate=1e-3), total_steps=1000)
+>>> opt_state = tx.init(trainable)   # moments for the trainable leaves only
+>>> round(float(linear_schedule(1e-3, total_steps=1000, warmup_steps=100)(50)), 6)
+0.0005
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ class OptimizerSpec(NamedTuple):
 def optimizer_spec(config, base_learning_rate: float) -> OptimizerSpec:
     """The :class:`OptimizerSpec` of a training config's ``optimizer`` group.
 
-    Example::
-
-        spec = optimizer_spec(config, jaxlora.training.config.learning_rate(config))
+    >>> from jaxlora.training import default_config
+    >>> optimizer_spec(default_config(), 2e-4).learning_rate
+    0.0002
     """
     opt = config.optimizer
     return OptimizerSpec(
@@ -69,10 +70,9 @@ def optimizer_spec(config, base_learning_rate: float) -> OptimizerSpec:
 def linear_schedule(peak: float, total_steps: int, warmup_steps: int) -> optax.Schedule:
     """0 -> ``peak`` over ``warmup_steps``, then linearly to 0 at ``total_steps`` (HF's linear schedule).
 
-    Example::
-
-        s = linear_schedule(1.0, total_steps=10, warmup_steps=2)
-        [float(s(i)) for i in (0, 1, 2, 6, 10)]   # [0.0, 0.5, 1.0, 0.5, 0.0]
+    >>> s = linear_schedule(1.0, total_steps=10, warmup_steps=2)
+    >>> [float(s(i)) for i in (0, 1, 2, 6, 10)]
+    [0.0, 0.5, 1.0, 0.5, 0.0]
     """
     total_steps = max(int(total_steps), 1)
     warmup_steps = min(max(int(warmup_steps), 0), total_steps - 1) if total_steps > 1 else 0
@@ -86,9 +86,8 @@ def linear_schedule(peak: float, total_steps: int, warmup_steps: int) -> optax.S
 def group_labels(trainable: dict) -> dict:
     """The group name of every leaf: ``{"lowrank": <"lowrank" leaves>, "full": <"full" leaves>}``.
 
-    Example::
-
-        group_labels({"lowrank": {"a": x}, "full": {}})   # {"lowrank": {"a": "lowrank"}, "full": {}}
+    >>> group_labels({"lowrank": {"a": 1.0}, "full": {}})
+    {'lowrank': {'a': 'lowrank'}, 'full': {}}
     """
     unknown = sorted(set(trainable) - set(GROUPS))
     if unknown:
@@ -108,10 +107,9 @@ def _adamw(spec: OptimizerSpec, schedule: optax.Schedule) -> optax.GradientTrans
 def make_optimizer(spec: OptimizerSpec, total_steps: int) -> optax.GradientTransformation:
     """adamw (+ optional global-norm clipping) with the linear schedule, per-group rates when they differ.
 
-    Example::
-
-        tx = make_optimizer(OptimizerSpec(1e-3, full_learning_rate=1e-4), total_steps=500)
-        state = tx.init(adapter.trainable)
+    >>> import jax.numpy as jnp
+    >>> tx = make_optimizer(OptimizerSpec(1e-3, full_learning_rate=1e-4), total_steps=500)
+    >>> state = tx.init({"lowrank": {"a": jnp.ones(3)}, "full": {"w": jnp.ones(2)}})   # two groups, two rates
     """
     if spec.learning_rate <= 0:
         raise ValueError(f"learning_rate must be positive, got {spec.learning_rate}.")
@@ -132,8 +130,7 @@ def make_optimizer(spec: OptimizerSpec, total_steps: int) -> optax.GradientTrans
 def schedule_of(spec: OptimizerSpec, total_steps: int, group: str = "lowrank") -> optax.Schedule:
     """The learning-rate schedule of ``group`` (for logging the current rate).
 
-    Example::
-
-        float(schedule_of(spec, 1000)(0))   # 0.0 (warmup starts at zero)
+    >>> float(schedule_of(OptimizerSpec(1e-3), 1000)(0))   # warmup starts at zero
+    0.0
     """
     return linear_schedule(spec.group_rate(group), total_steps, int(round(spec.warmup_ratio * total_steps)))

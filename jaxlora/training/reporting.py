@@ -8,11 +8,13 @@
 
 Files are written by process 0 only; the others get no-op writers.
 
-Example::
-
-    log = MetricsLog(workdir / "metrics.jsonl", resume_step=0)
-    log.write({"step": 10, "split": "train", "loss": 0.69})
-    plot_learning_curves(workdir / "metrics.jsonl", workdir / "learning_curves.png", "accuracy")
+>>> import pathlib, tempfile
+>>> workdir = pathlib.Path(tempfile.mkdtemp())
+>>> log = MetricsLog(workdir / "metrics.jsonl", resume_step=0)
+>>> log.write({"step": 10, "split": "train", "loss": 0.69})
+>>> log.write({"step": 10, "split": "validation", "accuracy": 0.8})
+>>> plot_learning_curves(workdir / "metrics.jsonl", workdir / "learning_curves.png", "accuracy")
+True
 """
 
 from __future__ import annotations
@@ -65,9 +67,11 @@ def _jsonable(value: Any) -> Any:
 def write_json(path: str | os.PathLike, document: Mapping[str, Any]) -> None:
     """Write ``document`` to ``path`` atomically, indented (numpy values as numbers, NaN as text).
 
-    Example::
-
-        write_json(workdir / "results.json", {"task": "sst2"})
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "results.json")
+    >>> write_json(path, {"loss": float("nan"), "steps": np.int64(3)})
+    >>> open(path).read().split()
+    ['{', '"loss":', '"nan",', '"steps":', '3', '}']
     """
     if _is_writer():
         util.write_json(path, _jsonable(document))
@@ -76,11 +80,9 @@ def write_json(path: str | os.PathLike, document: Mapping[str, Any]) -> None:
 class Progress:
     """A tqdm bar over training steps: ``loss``, ``ex/s`` and the remaining time.
 
-    Example::
-
-        bar = Progress(total=1000, initial=0, enabled=True)
-        bar.update(1, loss=0.5, examples_per_s=120.0)
-        bar.close()
+    >>> bar = Progress(total=1000, initial=0, enabled=False)   # enabled=True draws it on stderr
+    >>> bar.update(1, loss=0.5, examples_per_s=120.0)
+    >>> bar.close()
     """
 
     def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train"):
@@ -116,9 +118,11 @@ class Progress:
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """The records of a metrics.jsonl file (an empty list when it does not exist).
 
-    Example::
-
-        [r["loss"] for r in read_metrics(workdir / "metrics.jsonl") if r["split"] == "train"]
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "metrics.jsonl")
+    >>> _ = open(path, "w").write('{"step": 1, "split": "train", "loss": 0.7}\\n{"step": 2, "spl')   # cut by a crash
+    >>> [r["loss"] for r in read_metrics(path) if r["split"] == "train"]
+    [0.7]
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -139,10 +143,13 @@ class MetricsLog:
     """Append-only ``metrics.jsonl``. A resumed run first drops records of steps after ``resume_step``
     (they belong to the part of the interrupted run that is being redone).
 
-    Example::
-
-        log = MetricsLog("runs/x/metrics.jsonl", resume_step=120)
-        log.write({"step": 121, "split": "train", "loss": 0.41})
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "metrics.jsonl")
+    >>> for step in (1, 2, 3):
+    ...     MetricsLog(path, resume_step=step - 1).write({"step": step, "split": "train", "loss": 0.5})
+    >>> MetricsLog(path, resume_step=1).write({"step": 2, "split": "train", "loss": 0.4})   # resumed at step 1
+    >>> [(r["step"], r["loss"]) for r in read_metrics(path)]
+    [(1, 0.5), (2, 0.4)]
     """
 
     def __init__(self, path: str | os.PathLike, resume_step: int = 0):
@@ -167,9 +174,9 @@ class MetricsLog:
 def write_results(path: str | os.PathLike, results: Mapping[str, Any]) -> None:
     """Write results.json after checking it has every key of :data:`RESULT_KEYS`.
 
-    Example::
-
-        write_results(workdir / "results.json", {"task": "sst2", "variant": "lora", ...})
+    >>> write_results("results.json", {"task": "sst2"})
+    Traceback (most recent call last):
+    ValueError: results lack ['variant', 'metric_name', 'test_metric', 'best_step', 'trainable_params', 'train_examples_per_s', 'wall_time_s']
     """
     missing = [k for k in RESULT_KEYS if k not in results]
     if missing:
@@ -184,9 +191,8 @@ def plot_learning_curves(
 
     Returns False (and writes nothing) when matplotlib is missing or there is nothing to plot.
 
-    Example::
-
-        plot_learning_curves("runs/x/metrics.jsonl", "runs/x/learning_curves.png", "accuracy")
+    >>> plot_learning_curves("no/such/metrics.jsonl", "unused.png", "accuracy")   # nothing to plot
+    False
     """
     if not _is_writer():
         return False
@@ -224,9 +230,8 @@ def plot_learning_curves(
 def summarize(values: Iterable[float]) -> float:
     """Mean of finite values (NaN when none): for averaging logged losses.
 
-    Example::
-
-        summarize([0.5, 0.7])   # 0.6
+    >>> summarize([0.5, 0.7, float("nan")])
+    0.6
     """
     finite = [v for v in values if math.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")

@@ -17,12 +17,11 @@ moments follow their parameter. Batches are split over ``(data, fsdp)``.
 The same code runs on one CPU, on ``--xla_force_host_platform_device_count=8``, on a GPU and on
 a TPU slice; only the mesh sizes in the config change.
 
-Example::
-
-    mesh = make_mesh(data=-1, fsdp=2)
-    frozen_sh = frozen_shardings(module, frozen, mesh)
-    frozen = jax.device_put(frozen, frozen_sh)
-    batch = put_batch(numpy_batch, batch_sharding(mesh))
+>>> mesh = make_mesh(data=-1)   # every device on the data axis
+>>> batch = put_batch({"input_ids": np.zeros((4, 16), np.int32), "idx": np.arange(4)}, batch_sharding(mesh),
+...                   keys=("input_ids",))   # idx stays on the host
+>>> sorted(batch), batch["input_ids"].sharding.spec
+(['input_ids'], P(('data', 'fsdp'),))
 """
 
 from __future__ import annotations
@@ -69,9 +68,8 @@ DEFAULT_RULES = (
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
     """A mesh with axes ``("data", "fsdp", "tensor")``; one size may be -1 (all remaining devices).
 
-    Example::
-
-        make_mesh(data=2, fsdp=4).shape   # {"data": 2, "fsdp": 4, "tensor": 1} on 8 devices
+    >>> dict(make_mesh(data=-1, fsdp=1).shape) == {"data": jax.device_count(), "fsdp": 1, "tensor": 1}
+    True
     """
     devices = list(devices if devices is not None else jax.devices())
     sizes = [int(data), int(fsdp), int(tensor)]
@@ -99,9 +97,8 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
 def replicated(mesh: Mesh) -> NamedSharding:
     """The sharding of an array every device holds whole.
 
-    Example::
-
-        jax.device_put(step, replicated(mesh))
+    >>> replicated(make_mesh()).spec
+    P()
     """
     return NamedSharding(mesh, PartitionSpec())
 
@@ -109,9 +106,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Rows split over ``(data, fsdp)``, everything else whole.
 
-    Example::
-
-        batch_sharding(mesh).spec   # PartitionSpec(("data", "fsdp"))
+    >>> batch_sharding(make_mesh()).spec
+    P(('data', 'fsdp'),)
     """
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
@@ -231,9 +227,9 @@ def like_params(abstract_state: Any, params: Any, param_shardings: Any, mesh: Me
 def put_tree(tree: Any, shardings: Any) -> Any:
     """``jax.device_put`` of a host tree onto its shardings (works multi-process: every host holds it whole).
 
-    Example::
-
-        frozen = put_tree(frozen, frozen_sh)
+    >>> mesh = make_mesh()
+    >>> put_tree({"w": np.ones(3)}, {"w": replicated(mesh)})["w"].sharding.spec
+    P()
     """
     if jax.process_count() == 1:
         return jax.device_put(tree, shardings)
@@ -247,9 +243,7 @@ def put_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding, keys: Se
 
     Every process passes the global batch. Any set of keys works: a task's batch schema is its own.
 
-    Example::
-
-        device_batch = put_batch(batch, batch_sharding(mesh), keys=task.device_keys)
+    The module docstring shows a call; a batch size the batch shards do not divide is refused.
     """
     keys = tuple(batch) if keys is None else tuple(keys)
     if not keys:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxlora import data as jdata
-from jaxlora.data import batching
+from jaxlora.data import batching, tokenized
 
 GLUE_DIR = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "glue"
 needs_glue = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"shared GLUE data not found at {GLUE_DIR}")
@@ -26,14 +26,14 @@ def tokenizer():
 def mrpc_dev(tokenizer, tmp_path_factory):
     split = jdata.read_split("mrpc", "dev", GLUE_DIR)
     cache = tmp_path_factory.mktemp("cache")
-    return split, batching.tokenize(split, tokenizer, 64, cache_dir=cache, name="mrpc-dev")
+    return split, tokenized.tokenize(split, tokenizer, 64, cache_dir=cache, name="mrpc-dev")
 
 
 @pytest.fixture(scope="module")
 def sst2_dev(tokenizer, tmp_path_factory):
     split = jdata.read_split("sst2", "dev", GLUE_DIR)
     cache = tmp_path_factory.mktemp("cache")
-    return batching.tokenize(split, tokenizer, 128, cache_dir=cache, name="sst2-dev")
+    return tokenized.tokenize(split, tokenizer, 128, cache_dir=cache, name="sst2-dev")
 
 
 def _tokens(data, i):
@@ -60,40 +60,40 @@ def test_tokenize_matches_the_tokenizer_on_pairs_with_truncation(tokenizer, mrpc
 @needs_glue
 def test_cache_hit_skips_tokenization_and_key_tracks_inputs(tokenizer, tmp_path, monkeypatch):
     split = jdata.take(jdata.read_split("rte", "dev", GLUE_DIR), np.arange(50))
-    first = batching.tokenize(split, tokenizer, 32, cache_dir=tmp_path, name="rte-dev")
+    first = tokenized.tokenize(split, tokenizer, 32, cache_dir=tmp_path, name="rte-dev")
     assert len(list(tmp_path.glob("rte-dev-*.npz"))) == 1
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("tokenizer called despite a cached result")
 
-    monkeypatch.setattr(batching, "_tokenize_uncached", must_not_run)
-    second = batching.tokenize(split, tokenizer, 32, cache_dir=tmp_path, name="rte-dev")
+    monkeypatch.setattr(tokenized, "_tokenize_uncached", must_not_run)
+    second = tokenized.tokenize(split, tokenizer, 32, cache_dir=tmp_path, name="rte-dev")
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
     monkeypatch.undo()
 
     # A different max_length or different data is a different cache entry.
-    batching.tokenize(split, tokenizer, 48, cache_dir=tmp_path, name="rte-dev")
+    tokenized.tokenize(split, tokenizer, 48, cache_dir=tmp_path, name="rte-dev")
     changed = split._replace(texts_a=["changed"] + split.texts_a[1:])
-    batching.tokenize(changed, tokenizer, 32, cache_dir=tmp_path, name="rte-dev")
+    tokenized.tokenize(changed, tokenizer, 32, cache_dir=tmp_path, name="rte-dev")
     assert len(list(tmp_path.glob("rte-dev-*.npz"))) == 3
     assert not list(tmp_path.glob("*.tmp*"))
 
 
 def test_corrupt_cache_file_is_rebuilt(tokenizer, tmp_path):
     split = jdata.Split(["a good film", "a bad film"], None, np.array([1, 0], np.int32), np.arange(2))
-    data = batching.tokenize(split, tokenizer, 16, cache_dir=tmp_path, name="tiny")
+    data = tokenized.tokenize(split, tokenizer, 16, cache_dir=tmp_path, name="tiny")
     (path,) = tmp_path.glob("tiny-*.npz")
     path.write_bytes(b"not an npz file")
-    again = batching.tokenize(split, tokenizer, 16, cache_dir=tmp_path, name="tiny")
+    again = tokenized.tokenize(split, tokenizer, 16, cache_dir=tmp_path, name="tiny")
     np.testing.assert_array_equal(again.token_ids, data.token_ids)
 
 
 def test_select_gathers_ragged_examples(tokenizer):
     texts = ["one", "two words", "and three words", "four words here now"]
-    data = batching.tokenize(jdata.Split(texts, None, np.arange(4, dtype=np.int32) % 2, np.arange(4)),
+    data = tokenized.tokenize(jdata.Split(texts, None, np.arange(4, dtype=np.int32) % 2, np.arange(4)),
                              tokenizer, 16, use_cache=False)
-    sub = batching.select(data, [3, 0, 2])
+    sub = tokenized.select(data, [3, 0, 2])
     assert [_tokens(sub, i) for i in range(3)] == [_tokens(data, 3), _tokens(data, 0), _tokens(data, 2)]
     assert sub.idx.tolist() == [3, 0, 2] and sub.labels.tolist() == [1, 0, 0]
 
@@ -132,7 +132,7 @@ def test_batches_use_few_shapes_and_lose_no_tokens(sst2_dev):
 
 def test_partial_batch_is_padded_with_masked_dummies(tokenizer):
     texts = [f"sentence number {i}" for i in range(5)]
-    data = batching.tokenize(jdata.Split(texts, None, np.ones(5, np.int32), np.arange(5)), tokenizer, 16,
+    data = tokenized.tokenize(jdata.Split(texts, None, np.ones(5, np.int32), np.arange(5)), tokenizer, 16,
                              use_cache=False)
     batch = batching.make_batch(data, [4, 1, 3], batch_size=4, buckets=(8, 16))
     assert {k: v.shape for k, v in batch.items()} == {
@@ -208,7 +208,7 @@ def test_group_by_length_pads_fewer_tokens(mrpc_dev):
 
 
 def test_iterate_rejects_a_state_from_another_dataset(tokenizer):
-    data = batching.tokenize(jdata.Split(["a", "b", "c"], None, np.zeros(3, np.int32), np.arange(3)), tokenizer,
+    data = tokenized.tokenize(jdata.Split(["a", "b", "c"], None, np.zeros(3, np.int32), np.arange(3)), tokenizer,
                              8, use_cache=False)
     with pytest.raises(ValueError, match="step 9 is past the end of epoch 0 .*different dataset or batch size"):
         next(batching.iterate(data, batching.LoaderState(0, 9, 0), batch_size=2))
@@ -234,7 +234,7 @@ def test_eval_iteration_covers_every_example_once(mrpc_dev, sort_by_length):
 @needs_glue
 def test_regression_labels_stay_float_through_batches(tokenizer):
     split = jdata.take(jdata.read_split("stsb", "dev", GLUE_DIR), np.arange(40))
-    data = batching.tokenize(split, tokenizer, 64, use_cache=False)
+    data = tokenized.tokenize(split, tokenizer, 64, use_cache=False)
     batch = next(batching.iterate_eval(data, 16))
     assert batch["labels"].dtype == np.float32
     np.testing.assert_array_equal(batch["labels"], split.labels[:16])
