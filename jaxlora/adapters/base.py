@@ -14,6 +14,11 @@ merging, conversion to plain LoRA factors, parameter counting, serialisation)
 is written once in :mod:`jaxlora.adapters.core` against this contract, so a new
 variant is one new file plus its tests.
 
+A kernel with several input or output axes (``DenseGeneral``, ``Einsum``) is a
+matrix to every variant: :class:`Target` records which of its axes are inputs and
+which outputs, and :meth:`Target.as_matrix` views it as ``(prod(in), prod(out))``
+before a variant sees it, so variants only ever deal with 2-D kernels.
+
 Parameter trees handed to and returned by a variant are *flat* dicts keyed by a
 tuple path (``("encoder", "layer_0", "attention", "query")``) or, for variants
 that share parameters across layers, by any tuple the variant chooses (CondLoRA
@@ -29,6 +34,7 @@ from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Path = tuple[str, ...]
@@ -73,6 +79,15 @@ class AdaptedKernel:
         full = k.astype(jnp.float32) + self.scale * self.delta().astype(jnp.float32)
         return full.astype(k.dtype)
 
+    # A layer that does not know factored mode reads its kernel as an array: with
+    # jnp.asarray (Linen's promote_dtype) or kernel[...] (NNX). Both land here, so
+    # the user gets one message that says what to do instead of a TypeError deep in Flax.
+    def __jax_array__(self):
+        raise TypeError(outside_intercept_message(type(self).__name__))
+
+    def __getitem__(self, index):
+        raise TypeError(outside_intercept_message(type(self).__name__))
+
     # Array-like conveniences so code that inspects a kernel keeps working.
     @property
     def shape(self) -> tuple[int, ...]:
@@ -85,6 +100,15 @@ class AdaptedKernel:
     @property
     def ndim(self) -> int:
         return self.kernel.ndim
+
+
+def outside_intercept_message(node_name: str) -> str:
+    return (
+        f"A factored adapter node ({node_name}) reached a layer that reads its kernel as a plain array. "
+        "Stock Flax layers (Linen Dense/DenseGeneral/Einsum, NNX Linear/LinearGeneral/Einsum) run "
+        "factored adapters only inside `with jaxlora.intercept():`; wrap the model call in it, use "
+        "jaxlora.nn.Dense, or build the params with jaxlora.apply(..., mode=\"merged\")."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +125,14 @@ class Target:
       scale: ``alpha / rank`` or ``alpha / sqrt(rank)`` with rsLoRA.
       group: module type (the module's own name, e.g. ``"query"``); variants
         that share parameters across layers key them by it.
+      kernel_shape: the kernel as stored (``(d, heads, head_dim)`` for an
+        attention projection); ``shape`` for a 2-D kernel.
+      in_dims, out_dims: which axes of the stored kernel are the layer's input
+        and output axes, each in the kernel's order; ``shape`` is their products.
+
+    >>> t = Target(("q",), (16, 16), jnp.float32, 4, 4.0, 1.0, "q", (16, 2, 8), (0,), (1, 2))
+    >>> t.as_matrix(jnp.ones((16, 2, 8))).shape, t.from_matrix(jnp.ones((16, 16))).shape
+    ((16, 16), (16, 2, 8))
     """
 
     path: Path
@@ -110,6 +142,13 @@ class Target:
     alpha: float
     scale: float
     group: str
+    kernel_shape: tuple[int, ...] | None = None
+    in_dims: tuple[int, ...] = (0,)
+    out_dims: tuple[int, ...] = (1,)
+
+    def __post_init__(self):
+        if self.kernel_shape is None:
+            object.__setattr__(self, "kernel_shape", tuple(self.shape))
 
     @property
     def d_in(self) -> int:
@@ -118,6 +157,25 @@ class Target:
     @property
     def d_out(self) -> int:
         return self.shape[1]
+
+    def as_matrix(self, kernel: Array) -> Array:
+        """The stored kernel as the ``(d_in, d_out)`` matrix the variant adapts."""
+        if kernel.ndim == 2 and self.in_dims == (0,):
+            return kernel
+        order = self.in_dims + self.out_dims
+        if order != tuple(range(kernel.ndim)):
+            kernel = jnp.transpose(kernel, order)
+        return kernel.reshape(self.shape)
+
+    def from_matrix(self, matrix: Array) -> Array:
+        """Inverse of :meth:`as_matrix`: a ``(d_in, d_out)`` matrix in the stored layout."""
+        if len(self.kernel_shape) == 2 and self.in_dims == (0,):
+            return matrix
+        order = self.in_dims + self.out_dims
+        viewed = matrix.reshape(tuple(self.kernel_shape[d] for d in order))
+        if order != tuple(range(len(order))):
+            viewed = jnp.transpose(viewed, tuple(int(i) for i in np.argsort(order)))
+        return viewed
 
 
 class Variant:
@@ -210,7 +268,7 @@ def random_orthonormal(rng: Array, rows: int, cols: int) -> Array:
 def path_rng(rng: Array, path: Path) -> Array:
     """A key for one target derived from its path, so a target's init does not
     depend on which other targets exist."""
-    data = "/".join(path).encode()
+    data = "/".join(str(k) for k in path).encode()  # NNX list members have integer keys
     # FNV-1a, 31 bits: stable across processes (unlike hash()).
     h = 2166136261
     for byte in data:

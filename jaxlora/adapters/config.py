@@ -55,6 +55,13 @@ class AdapterConfig:
       mtlora_init: MTLoRA's init: ``"kaiming"`` (official code) or ``"identity"`` (T = I).
       rectangular: CondLoRA only: allow non-square kernels with the documented
         rectangular extension (not in the paper).
+      kernel_axes: how to read a kernel with more than two axes as a matrix,
+        ``{module pattern: spec}``, where spec is the number of leading input
+        axes (``2`` for an attention output ``(heads, head_dim, d)``) or the
+        layer's einsum equation (``"BTD,DNH->BTNH"``). Needed only for a bias-free
+        multi-axis kernel (with a bias, its shape says which axes are outputs);
+        ``jaxlora.nnx.kernel_axes(model)`` and ``jaxlora.kernel_axes(fn, ...)``
+        read them from the model.
 
     Example::
 
@@ -75,6 +82,7 @@ class AdapterConfig:
     structure: str = "shim"
     mtlora_init: str = "kaiming"
     rectangular: bool = False
+    kernel_axes: tuple[tuple[str, int | str], ...] = ()
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
@@ -84,6 +92,7 @@ class AdapterConfig:
         set_("trainable", _as_names(self.trainable))
         set_("rank_pattern", _as_pairs(self.rank_pattern))
         set_("alpha_pattern", _as_pairs(self.alpha_pattern))
+        set_("kernel_axes", _as_pairs(self.kernel_axes))
         if not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"rank must be a positive integer, got {self.rank!r}.")
         if not 0.0 <= self.dropout < 1.0:
@@ -106,6 +115,7 @@ class AdapterConfig:
             d[k] = list(d[k])
         d["rank_pattern"] = dict(self.rank_pattern)
         d["alpha_pattern"] = dict(self.alpha_pattern)
+        d["kernel_axes"] = dict(self.kernel_axes)
         return d
 
     @classmethod

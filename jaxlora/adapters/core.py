@@ -121,8 +121,11 @@ def apply(frozen: Mapping, adapter: Adapter, config: AdapterConfig, mode: str = 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     flat = flatten(frozen)
-    for path, node in _nodes(flat, adapter, config).items():
-        flat[path + ("kernel",)] = node if mode == "factored" else node.merged()
+    targets = find_targets(flat, config)
+    for path, node in _nodes(flat, adapter, config, targets).items():
+        # A multi-axis kernel's node holds its matrix view; the merged kernel goes back to the
+        # stored layout so the unmodified layer reads it as before.
+        flat[path + ("kernel",)] = node if mode == "factored" else targets[path].from_matrix(node.merged())
     for path, leaf in flatten(adapter.trainable.get("full", {})).items():
         if path not in flat:
             raise ValueError(f"Adapter trains {join(path)!r} in full, but the frozen params have no such leaf.")
@@ -151,8 +154,9 @@ def unmerge(merged: Mapping, adapter: Adapter, config: AdapterConfig, *, max_ite
     """
     flat = flatten(merged)
     result = dict(flat)
-    for path, node in _nodes(flat, adapter, config).items():
-        m = jnp.asarray(flat[path + ("kernel",)], jnp.float32)
+    targets = find_targets(flat, config)
+    for path, node in _nodes(flat, adapter, config, targets).items():
+        m = targets[path].as_matrix(jnp.asarray(flat[path + ("kernel",)], jnp.float32))
         k = m
         for _ in range(max_iters):
             new_k = m - node.scale * node.replace(kernel=k).delta().astype(jnp.float32)
@@ -165,7 +169,7 @@ def unmerge(merged: Mapping, adapter: Adapter, config: AdapterConfig, *, max_ite
                 f"unmerge did not converge for {join(path)!r}: this variant's update depends on the "
                 f"frozen weight and is too large to invert by iteration. Keep the frozen params."
             )
-        result[path + ("kernel",)] = k.astype(jnp.result_type(flat[path + ("kernel",)]))
+        result[path + ("kernel",)] = targets[path].from_matrix(k).astype(jnp.result_type(flat[path + ("kernel",)]))
     return unflatten(result)
 
 
@@ -251,15 +255,15 @@ def param_table(frozen: Mapping, adapter: Adapter, config: AdapterConfig) -> str
 # Internals
 
 
-def _nodes(flat: Mapping[Path, Any], adapter: Adapter, config: AdapterConfig) -> dict:
-    """The factored node of every target, after checking the adapter fits."""
-    targets = find_targets(flat, config)
+def _nodes(flat: Mapping[Path, Any], adapter: Adapter, config: AdapterConfig, targets=None) -> dict:
+    """The factored node of every target (its kernel as a matrix), after checking the adapter fits."""
+    targets = find_targets(flat, config) if targets is None else targets
     variant = get_variant(config.variant)
     lowrank = _group(adapter.trainable.get("lowrank", {}))
     fixed = _group(adapter.fixed)
     _check_fits(variant, targets, config, lowrank, fixed)
     return {
-        path: variant.node(t, flat[path + ("kernel",)], lowrank, fixed, config)
+        path: variant.node(t, t.as_matrix(flat[path + ("kernel",)]), lowrank, fixed, config)
         for path, t in targets.items()
     }
 

@@ -100,7 +100,9 @@ def adapted_matmul(
 
     All arrays must have the same dtype. Differentiable in every array argument.
 
-    >>> y = adapted_matmul(x, kernel, a, b, 2.0)        # == x @ kernel + 2.0 * (x @ a) @ b
+    >>> x, kernel, a, b = jnp.ones((2, 3)), jnp.eye(3), jnp.ones((3, 1)), jnp.ones((1, 3))
+    >>> adapted_matmul(x, kernel, a, b, 2.0).tolist()     # x @ kernel + 2.0 * (x @ a) @ b
+    [[7.0, 7.0, 7.0], [7.0, 7.0, 7.0]]
     """
     if x.ndim != 2:
         raise ValueError(f"adapted_matmul takes (tokens, features) inputs; got shape {x.shape}.")

@@ -35,7 +35,12 @@ Array = jax.Array
 def read_param(module: nn.Module, name: str, init_fn: Callable, *init_args) -> Any:
     """Read param ``name`` as stored (adapter nodes included), creating it at init.
 
-    >>> kernel = read_param(self, "kernel", nn.initializers.lecun_normal(), (4, 8))
+    >>> class Layer(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         return x @ read_param(self, "kernel", nn.initializers.ones, (4, 8))
+    >>> Layer().init(jax.random.key(0), jnp.ones((1, 4)))["params"]["kernel"].shape
+    (4, 8)
     """
     if module.has_variable("params", name):
         return module.get_variable("params", name)
@@ -79,6 +84,26 @@ def lowrank_dropout(x: Array, rate: float, rng: Array) -> Array:
     return dropout(x, rate, rng)
 
 
+def factored_product(x: Array, kernel: Array, node: AdaptedKernel, lowrank_input: Array | None = None) -> Array:
+    """``x @ kernel + s * (lowrank_input @ a) @ b`` for 2-D ``x``, from ``node.factors()``.
+
+    ``kernel`` is the node's frozen matrix already cast to ``x``'s dtype. With one
+    dtype throughout the product runs through :func:`adapted_matmul`; with mixed
+    precision (bf16 weights, fp32 factors) the low-rank term stays in the factors'
+    precision and is cast once, as PEFT does.
+
+    >>> from jaxlora.adapters.lora import LoRAKernel
+    >>> node = LoRAKernel(jnp.eye(3), jnp.ones((3, 1)), jnp.ones((1, 3)), scale=2.0)
+    >>> factored_product(jnp.ones((1, 3)), node.kernel, node).tolist()
+    [[7.0, 7.0, 7.0]]
+    """
+    a, b = node.factors()
+    if a.dtype == b.dtype == x.dtype == kernel.dtype:
+        return adapted_matmul(x, kernel, a, b, node.scale, lowrank_input=lowrank_input)
+    h = x if lowrank_input is None else lowrank_input
+    return x @ kernel + (node.scale * ((h @ a) @ b)).astype(x.dtype)
+
+
 class Dense(nn.Module):
     """``y = x @ kernel + bias``, with factored adapters when the kernel is a node.
 
@@ -91,11 +116,10 @@ class Dense(nn.Module):
       kernel_axes: logical axis names of the kernel, ``(in, out)``, so the
         training program can map it onto a device mesh.
 
-    Example::
-
-      layer = Dense(8, kernel_axes=("embed", "mlp"))
-      params = layer.init(jax.random.key(0), jnp.ones((2, 4)))["params"]
-      y = layer.apply({"params": params}, jnp.ones((2, 4)))
+    >>> layer = Dense(8, kernel_axes=("embed", "mlp"))
+    >>> params = nn.unbox(layer.init(jax.random.key(0), jnp.ones((2, 4)))["params"])
+    >>> layer.apply({"params": params}, jnp.ones((2, 4))).shape
+    (2, 8)
     """
 
     features: int
@@ -133,14 +157,7 @@ class Dense(nn.Module):
             h = None
             if adapted.dropout_rate > 0.0 and not deterministic:
                 h = lowrank_dropout(x, adapted.dropout_rate, self.make_rng("dropout"))
-            a, b = adapted.factors()
-            if a.dtype == b.dtype == dtype:
-                y = adapted_matmul(x, frozen, a, b, adapted.scale, lowrank_input=h)
-            else:
-                # Mixed precision (e.g. bf16 weights, fp32 factors): the low-rank term stays in
-                # the factors' precision and is cast once, as PEFT does.
-                h = x if h is None else h
-                y = x @ frozen + (adapted.scale * ((h @ a) @ b)).astype(dtype)
+            y = factored_product(x, frozen, adapted, h)
 
         if bias is not None:
             y = y + bias.astype(dtype)
