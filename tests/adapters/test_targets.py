@@ -68,3 +68,53 @@ def test_trainable_leaves_cannot_overlap_targets():
 def test_no_kernels_is_an_error():
     with pytest.raises(ValueError, match="no 'kernel' leaves"):
         find_targets({"params": {"embedding": jax.numpy.ones((3, 4))}}, jaxlora.AdapterConfig())
+
+
+def _multi_axis(bias=True):
+    """An attention-shaped tree: q (d, heads, head_dim), out (heads, head_dim, d), under integer keys."""
+    import numpy as np
+
+    q = {"kernel": np.ones((16, 2, 8), np.float32)}
+    out = {"kernel": np.ones((2, 8, 16), np.float32)}
+    if bias:
+        q["bias"], out["bias"] = np.ones((2, 8), np.float32), np.ones(16, np.float32)
+    return {"layers": {0: {"self_attn": {"q_proj": q, "o_proj": out}}, 1: {"self_attn": {"q_proj": q, "o_proj": out}}}}
+
+
+def test_multi_axis_kernels_are_matrices_of_their_own_axes():
+    targets = find_targets(_multi_axis(), jaxlora.AdapterConfig(rank=4, targets="all-linear"))
+    by_name = {"/".join(map(str, p)): t for p, t in targets.items()}
+    assert sorted(by_name) == ["layers/0/self_attn/o_proj", "layers/0/self_attn/q_proj",
+                               "layers/1/self_attn/o_proj", "layers/1/self_attn/q_proj"]
+    q, o = by_name["layers/0/self_attn/q_proj"], by_name["layers/0/self_attn/o_proj"]
+    assert (q.shape, q.in_dims, q.out_dims) == ((16, 16), (0,), (1, 2))
+    assert (o.shape, o.in_dims, o.out_dims) == ((16, 16), (0, 1), (2,))
+    kernel = jax.random.normal(jax.random.key(0), (2, 8, 16))
+    assert (o.from_matrix(o.as_matrix(kernel)) == kernel).all()
+
+
+def test_integer_keys_and_peft_dotted_names():
+    frozen = _multi_axis()
+    cfg = jaxlora.AdapterConfig(rank=4, targets=("self_attn.q_proj", "layers.1.self_attn.o_proj"))
+    found = sorted(find_targets(frozen, cfg))
+    assert found == [("layers", 0, "self_attn", "q_proj"), ("layers", 1, "self_attn", "o_proj"),
+                     ("layers", 1, "self_attn", "q_proj")]
+    adapter = jaxlora.init(jax.random.key(0), frozen, cfg)  # integer keys all the way through
+    assert adapter.trainable["lowrank"]["layers"][1]["self_attn"]["o_proj"]["a"].shape == (16, 4)
+    merged = jaxlora.merge(frozen, adapter, cfg)
+    assert merged["layers"][1]["self_attn"]["o_proj"]["kernel"].shape == (2, 8, 16)
+
+
+def test_unreadable_kernel_names_the_layer_and_its_shape_and_kernel_axes_fixes_it():
+    frozen = _multi_axis(bias=False)
+    with pytest.raises(ValueError, match=r"Module layers/0/self_attn/o_proj has a kernel of shape \(2, 8, 16\), "
+                                         r"which cannot be read as a matrix(.|\n)*kernel_axes"):
+        find_targets(frozen, jaxlora.AdapterConfig(rank=4, targets="all-linear"))
+    cfg = jaxlora.AdapterConfig(rank=4, targets="all-linear",
+                                kernel_axes={"o_proj": 2, "q_proj": "btd,dnh->btnh"})
+    shapes = {t.group: (t.shape, t.in_dims) for t in find_targets(frozen, cfg).values()}
+    assert shapes == {"o_proj": ((16, 16), (0, 1)), "q_proj": ((16, 16), (0,))}
+    with pytest.raises(ValueError, match=r"kernel_axes for module .*o_proj.*: 3 leading input axes"):
+        find_targets(frozen, cfg.replace(kernel_axes={"o_proj": 3, "q_proj": 1}))
+    with pytest.raises(ValueError, match=r"kernel axis 'n' is also an input and output axis"):
+        find_targets(frozen, cfg.replace(kernel_axes={"o_proj": "btnh,nhd->btnd", "q_proj": 1}))
