@@ -36,7 +36,7 @@ import numpy as np
 from jax.sharding import PartitionSpec
 
 from jaxlora.adapters.base import AdaptedKernel
-from jaxlora.models import bert, hf_config, hf_io, llama
+from jaxlora.models import bert, gguf, hf_config, hf_io, llama
 from jaxlora.util.hub import hub_offline_reason
 
 # transformers model_type -> jaxlora family
@@ -73,6 +73,7 @@ def _minilm_path() -> str:
 _PRESETS: dict[str, Callable[[], str]] = {
     "minilm-l6": _minilm_path,
     "sentence-transformers/all-MiniLM-L6-v2": _minilm_path,
+    "smollm2-135m": gguf.smollm2_file,
 }
 
 
@@ -108,7 +109,7 @@ def resolve(name_or_path: str | os.PathLike) -> str:
     if name_or_path in _PRESETS:
         return os.fspath(_PRESETS[name_or_path]())
     expanded = os.path.expanduser(name_or_path)
-    if os.path.isdir(expanded):
+    if os.path.isdir(expanded) or (os.path.isfile(expanded) and expanded.endswith(gguf.GGUF_SUFFIX)):
         return expanded
     # Hub ids are "name" or "org/name"; anything else is a path that does not exist.
     if name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1:
@@ -344,7 +345,8 @@ def from_pretrained(
 
     Args:
       name_or_path: a preset (:func:`presets`), a local folder with ``config.json`` and
-        ``model.safetensors`` / sharded safetensors / ``pytorch_model.bin``, or a Hub id
+        ``model.safetensors`` / sharded safetensors / ``pytorch_model.bin``, a ``.gguf`` file or a
+        folder holding one (:mod:`jaxlora.models.gguf`), or a Hub id
         (needs network or the local HF cache; offline it fails at once, saying so).
       task: ``"sequence_classification"`` (encoders' default), ``"regression"``
         (``num_labels=1``), ``"causal_lm"`` (Llama's default) or ``"base"``.
@@ -366,7 +368,9 @@ def from_pretrained(
     >>> module, params = from_pretrained("minilm-l6", task="sequence_classification", num_labels=2)
     """
     folder = resolve(name_or_path)
-    config = hf_config.read_config(folder)
+    # A .gguf file (or a folder holding one) brings its config and dequantised weights in one read.
+    checkpoint = gguf.read_checkpoint(folder) if gguf.gguf_file(folder) else None
+    config = checkpoint.config if checkpoint else hf_config.read_config(folder)
     for key, value in (config_overrides or {}).items():
         setattr(config, key, value)
     family = family_of(config)
@@ -378,7 +382,8 @@ def from_pretrained(
     expected = {path: s.shape for path, s in hf_io.flatten(abstract_params(module)).items()}
     # A tied model has no lm_head of its own; the checkpoint's copy (if any) is the embedding again.
     ignore = ("lm_head.weight",) if getattr(module.spec, "tie_word_embeddings", False) else ()
-    report = hf_io.match_state_dict(family, hf_io.read_state_dict(folder), expected, ignore=ignore)
+    state_dict = checkpoint.state_dict if checkpoint else hf_io.read_state_dict(folder)
+    report = hf_io.match_state_dict(family, state_dict, expected, ignore=ignore)
 
     missing_backbone = [p for p in report.missing if not _is_head(p)]
     if missing_backbone and not allow_missing:
@@ -486,6 +491,8 @@ def load_tokenizer(name_or_path: str, **kwargs):
     >>> batch = tokenizer(["a sentence"], padding="max_length", max_length=16, return_tensors="np")
     """
     folder = resolve(name_or_path)
+    if gguf.gguf_file(folder):
+        return gguf.load_tokenizer(folder, **kwargs)
     class_name = _direct_tokenizer_class(folder)
     if class_name is not None:
         import transformers
