@@ -13,6 +13,9 @@ Quick start::
     batch = tokenizer(["a good film"], padding="max_length", max_length=32, return_tensors="np")
     logits = module.apply({"params": params}, batch["input_ids"], batch["attention_mask"])
     jaxlora.models.save_pretrained(module, params, "out/")   # transformers loads "out/"
+
+Decoders load from GGUF files too (``from_pretrained("smollm2-135m")``, :mod:`jaxlora.models.gguf`)
+and continue text with :func:`generate` (KV cache, greedy or sampled).
 """
 
 from jaxlora.models.hf_io import (
@@ -28,7 +31,8 @@ from jaxlora.models.hf_io import (
     read_state_dict,
     write_safetensors,
 )
-from jaxlora.models.llama import position_ids_from_mask
+from jaxlora.models.generation import generate
+from jaxlora.models.llama import KVCache, init_cache, position_ids_from_mask
 from jaxlora.util.trees import flatten, unflatten
 from jaxlora.models.registry import (
     CheckpointWarning,
@@ -51,6 +55,7 @@ __all__ = [
     "BACKBONE_PREFIX",
     "FAMILIES",
     "CheckpointWarning",
+    "KVCache",
     "MatchReport",
     "abstract_params",
     "build_module",
@@ -58,8 +63,10 @@ __all__ = [
     "flatten",
     "from_config",
     "from_pretrained",
+    "generate",
     "hf_module_name",
     "hf_param_name",
+    "init_cache",
     "init_params",
     "load_tokenizer",
     "logical_axes",

@@ -20,6 +20,13 @@ Position ids: when none are given, positions are ``0..L-1`` for every row,
 exactly what transformers' ``LlamaModel.forward`` does. With left padding pass
 :func:`position_ids_from_mask` (what ``generate`` does) to start each row at 0.
 
+KV cache (decoding): pass ``cache=init_cache(spec, batch, slots)`` and the
+call returns ``(logits, cache)``. The new tokens' keys and values are written
+at slots ``cache.index ...`` of a fixed-size buffer, and each query attends to
+the slots up to its own; ``attention_mask`` then covers all ``slots``
+(1 for a real token, 0 for padding; future slots are hidden by causality), so
+every decode step has the same shapes. :func:`jaxlora.models.generate` drives it.
+
 Example::
 
     config = jaxlora.models.tiny_config("llama")
@@ -31,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -116,6 +123,44 @@ def position_ids_from_mask(attention_mask: Array) -> Array:
     mask = attention_mask.astype(jnp.int32)
     positions = jnp.cumsum(mask, axis=-1) - 1
     return jnp.where(mask == 0, 1, positions)
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer in a fixed number of slots, and the slot the next token goes to.
+
+    ``keys[i]``/``values[i]``: ``(batch, slots, kv_heads, head_dim)`` of layer ``i``; ``index``: int32 scalar.
+    """
+
+    keys: tuple
+    values: tuple
+    index: Array
+
+
+def init_cache(spec: "DecoderSpec", batch: int, slots: int) -> KVCache:
+    """An empty cache of ``slots`` positions for ``batch`` rows, in the model's computation dtype.
+
+    >>> from jaxlora.models import from_config, tiny_config
+    >>> module, params = from_config(tiny_config("llama"))
+    >>> cache = init_cache(module.spec, batch=2, slots=16)
+    >>> cache.keys[0].shape   # (batch, slots, kv_heads, head_dim)
+    (2, 16, 2, 8)
+    """
+    shape = (batch, slots, spec.num_kv_heads, spec.head_dim)
+    zeros = tuple(jnp.zeros(shape, spec.dtype) for _ in range(spec.num_layers))
+    return KVCache(zeros, zeros, jnp.zeros((), jnp.int32))
+
+
+def cached_attention_bias(slot_mask: Array, index: Array, length: int) -> Array:
+    """``(batch, 1, length, slots)`` bias: query ``i`` (written at slot ``index + i``) sees slot ``j``
+    when ``j <= index + i`` and ``slot_mask[b, j]`` is set.
+
+    >>> (cached_attention_bias(jnp.array([[0, 1, 1, 1]]), jnp.int32(2), 1)[0, 0, 0] == 0).tolist()
+    [False, True, True, False]
+    """
+    slots = slot_mask.shape[-1]
+    causal = jnp.arange(slots)[None, :] <= (index + jnp.arange(length))[:, None]
+    keep = causal[None, None] & slot_mask.astype(bool)[:, None, None, :]
+    return jnp.where(keep, 0.0, layers.MASK_VALUE).astype(jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +280,8 @@ class SelfAttention(nn.Module):
     spec: DecoderSpec
 
     @nn.compact
-    def __call__(self, x, bias, cos, sin, deterministic):
+    def __call__(self, x, bias, cos, sin, deterministic, cache=None):
+        """``cache``: this layer's ``(keys, values, index)``; then returns ``(output, (keys, values))``."""
         s = self.spec
         batch, length, _ = x.shape
         q_width, kv_width = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
@@ -245,6 +291,10 @@ class SelfAttention(nn.Module):
         q = apply_rotary(q.reshape(batch, length, s.num_heads, s.head_dim), cos, sin)
         k = apply_rotary(k.reshape(batch, length, s.num_kv_heads, s.head_dim), cos, sin)
         v = v.reshape(batch, length, s.num_kv_heads, s.head_dim)
+        if cache is not None:
+            cached_k, cached_v, index = cache
+            k = jax.lax.dynamic_update_slice(cached_k, k.astype(cached_k.dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cached_v, v.astype(cached_v.dtype), (0, index, 0, 0))
         use_dropout = s.attention_dropout > 0.0 and not deterministic
         context = layers.dot_product_attention(
             q,
@@ -255,7 +305,8 @@ class SelfAttention(nn.Module):
             deterministic=deterministic,
             dropout_rng=self.make_rng("dropout") if use_dropout else None,
         )
-        return layers.dense(s, s.hidden_size, ("heads", "embed"), "o_proj", s.o_bias)(context, deterministic=deterministic)
+        out = layers.dense(s, s.hidden_size, ("heads", "embed"), "o_proj", s.o_bias)(context, deterministic=deterministic)
+        return out if cache is None else (out, (k, v))
 
 
 class MLP(nn.Module):
@@ -278,16 +329,23 @@ class DecoderLayer(nn.Module):
     spec: DecoderSpec
 
     @nn.compact
-    def __call__(self, x, bias, cos, sin, deterministic):
+    def __call__(self, x, bias, cos, sin, deterministic, cache=None):
         s = self.spec
         h = RMSNorm(s.rms_norm_eps, s.param_dtype, name="input_layernorm")(x)
-        x = x + SelfAttention(s, name="self_attn")(h, bias, cos, sin, deterministic)
+        attended = SelfAttention(s, name="self_attn")(h, bias, cos, sin, deterministic, cache)
+        if cache is not None:
+            attended, cache = attended
+        x = x + attended
         h = RMSNorm(s.rms_norm_eps, s.param_dtype, name="post_attention_layernorm")(x)
-        return x + MLP(s, name="mlp")(h, deterministic)
+        x = x + MLP(s, name="mlp")(h, deterministic)
+        return x if cache is None else (x, cache)
 
 
-def backbone(spec: DecoderSpec, input_ids, attention_mask, position_ids, deterministic) -> Array:
-    """Embedding, decoder layers and final norm, created in the calling compact module's scope."""
+def backbone(spec: DecoderSpec, input_ids, attention_mask, position_ids, deterministic, cache=None):
+    """Embedding, decoder layers and final norm, created in the calling compact module's scope.
+
+    With a :class:`KVCache` returns ``(hidden, cache)``, the cache holding the new tokens.
+    """
     s = spec
     batch, length = input_ids.shape
     table = layers.embed(
@@ -295,14 +353,31 @@ def backbone(spec: DecoderSpec, input_ids, attention_mask, position_ids, determi
     )
     h = table(input_ids).astype(s.dtype)
     if position_ids is None:
-        position_ids = jnp.arange(length)[None, :]
-    bias = layers.causal_padding_bias(attention_mask, batch, length)
+        start = 0 if cache is None else cache.index
+        position_ids = (start + jnp.arange(length))[None, :]
+    if cache is None:
+        bias = layers.causal_padding_bias(attention_mask, batch, length)
+    else:
+        if attention_mask is None:
+            attention_mask = jnp.ones((batch, cache.keys[0].shape[1]), jnp.int32)
+        bias = cached_attention_bias(attention_mask, cache.index, length)
     cos, sin = rotary_tables(s, position_ids)
-    # `deterministic` is argument 5 counting self: a Python bool, static under remat.
-    layer = nn.remat(DecoderLayer, static_argnums=(5,)) if s.remat else DecoderLayer
+    # `deterministic` is argument 5 counting self: a Python bool, static under remat. Decoding never remats.
+    layer = nn.remat(DecoderLayer, static_argnums=(5,)) if s.remat and cache is None else DecoderLayer
+    keys, values = [], []
     for i in range(s.num_layers):
-        h = layer(s, name=f"layers_{i}")(h, bias, cos, sin, deterministic)
-    return RMSNorm(s.rms_norm_eps, s.param_dtype, name="norm")(h)
+        if cache is None:
+            h = layer(s, name=f"layers_{i}")(h, bias, cos, sin, deterministic)
+            continue
+        h, (k, v) = layer(s, name=f"layers_{i}")(
+            h, bias, cos, sin, deterministic, (cache.keys[i], cache.values[i], cache.index)
+        )
+        keys.append(k)
+        values.append(v)
+    h = RMSNorm(s.rms_norm_eps, s.param_dtype, name="norm")(h)
+    if cache is None:
+        return h
+    return h, KVCache(tuple(keys), tuple(values), cache.index + length)
 
 
 class DecoderModel(nn.Module):
@@ -311,8 +386,8 @@ class DecoderModel(nn.Module):
     spec: DecoderSpec
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, position_ids=None, deterministic=True):
-        return backbone(self.spec, input_ids, attention_mask, position_ids, deterministic)
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, deterministic=True, cache=None):
+        return backbone(self.spec, input_ids, attention_mask, position_ids, deterministic, cache)
 
 
 def last_token_index(input_ids: Array, pad_token_id: int | None) -> Array:
@@ -326,23 +401,34 @@ def last_token_index(input_ids: Array, pad_token_id: int | None) -> Array:
 class DecoderForTask(nn.Module):
     """``LlamaForCausalLM`` (logits ``(batch, length, vocab)``) or ``LlamaForSequenceClassification``.
 
-    Call as ``module.apply({"params": p}, input_ids, attention_mask, position_ids=None, deterministic=True)``.
+    Call as ``module.apply({"params": p}, input_ids, attention_mask, position_ids=None, deterministic=True)``;
+    a causal LM also takes ``cache=`` (a :class:`KVCache`) and then returns ``(logits, cache)``.
     """
 
     spec: DecoderSpec
     config: Any = dataclasses.field(default=None, compare=False, hash=False)
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, deterministic=True):
+    def __call__(
+        self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, deterministic=True, cache=None
+    ):
         del token_type_ids  # accepted so every jaxlora model takes the same arguments
         s = self.spec
         model = DecoderModel(s, name="model")
-        h = model(input_ids, attention_mask, position_ids, deterministic)
+        if cache is not None and s.task != "causal_lm":
+            raise ValueError(f"A KV cache is for decoding with a causal LM; this model's task is {s.task!r}.")
+        h = model(input_ids, attention_mask, position_ids, deterministic, cache)
         if s.task == "causal_lm":
+            if cache is not None:
+                h, cache = h
             if s.tie_word_embeddings:
                 table = nn.unbox(model.variables["params"]["embed_tokens"]["embedding"])
-                return jnp.einsum("bld,vd->blv", h, table.astype(h.dtype))
-            return layers.dense(s, s.vocab_size, ("embed", "vocab"), "lm_head", False)(h, deterministic=deterministic)
+                logits = jnp.einsum("bld,vd->blv", h, table.astype(h.dtype))
+            else:
+                logits = layers.dense(s, s.vocab_size, ("embed", "vocab"), "lm_head", False)(
+                    h, deterministic=deterministic
+                )
+            return logits if cache is None else (logits, cache)
         # Scoring every position then picking one would waste work: pick the hidden state first.
         last = last_token_index(input_ids, s.pad_token_id)
         pooled = h[jnp.arange(h.shape[0]), last]
