@@ -84,8 +84,11 @@ def _input_names(module) -> tuple[str, ...]:
 
 
 def forward(module, params: Mapping, batch: Mapping, deterministic: bool, dropout_key: jax.Array | None = None):
-    """``module.apply`` on the batch arrays the model's family takes (see the module docstring)."""
-    inputs = {name: batch[name] for name in _input_names(module)}
+    """``module.apply`` on the batch arrays the model's family takes (see the module docstring).
+
+    An input the batch does not carry (a task without segment ids) is left to the model's default.
+    """
+    inputs = {name: batch[name] for name in _input_names(module) if name in batch}
     rngs = None if deterministic else {"dropout": dropout_key}
     return module.apply({"params": params}, **inputs, deterministic=deterministic, rngs=rngs)
 
