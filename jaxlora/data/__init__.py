@@ -21,9 +21,8 @@ What the training loop does with them is the GLUE task kind's business (:mod:`ja
 >>> splits.train.num_examples, splits.validation.num_examples, splits.test.num_examples
 (18, 2, 20)
 >>> from transformers import BertTokenizerFast
->>> _ = (glue_dir / "vocab.txt").write_text("\\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "good", "bad",
-...                                                       "film", "plot"]))
->>> tokenizer = BertTokenizerFast(vocab_file=str(glue_dir / "vocab.txt"))
+>>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "good", "bad", "film", "plot"]
+>>> tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
 >>> train = tokenize(splits.train, tokenizer, max_length=16, cache_dir=glue_dir / "cache", name="sst2-train")
 >>> batch, loader_state = next(iterate(train, LoaderState(seed=0), batch_size=4))
 >>> batch["input_ids"].shape, loader_state

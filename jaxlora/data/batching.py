@@ -24,6 +24,7 @@ a training step reads.
 
 from __future__ import annotations
 
+import itertools  # noqa: F401  (used by the examples)
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -54,9 +55,9 @@ class LoaderState(NamedTuple):
     Save it with the checkpoint (``np.asarray(state)`` is an int64 vector of three) and rebuild it with
     ``LoaderState.from_array(array)``.
 
-    Example::
-
-        state = LoaderState(epoch=0, step=0, seed=42)
+    >>> state = LoaderState(epoch=2, step=5, seed=42)
+    >>> LoaderState.from_array(np.asarray(state)) == state
+    True
     """
 
     epoch: int = 0
@@ -77,10 +78,10 @@ class LoaderState(NamedTuple):
 def bucket_lengths(max_length: int, min_length: int = 16) -> tuple[int, ...]:
     """Padded sequence lengths: powers of two from ``min_length``, capped by ``max_length``.
 
-    Example::
-
-        bucket_lengths(512)   # (16, 32, 64, 128, 256, 512)
-        bucket_lengths(100)   # (16, 32, 64, 100)
+    >>> bucket_lengths(512)
+    (16, 32, 64, 128, 256, 512)
+    >>> bucket_lengths(100)
+    (16, 32, 64, 100)
     """
     if max_length < 1 or min_length < 1:
         raise ValueError(f"max_length and min_length must be positive, got {max_length}, {min_length}.")
@@ -96,9 +97,8 @@ def bucket_lengths(max_length: int, min_length: int = 16) -> tuple[int, ...]:
 def padded_length(longest: int, buckets: Sequence[int]) -> int:
     """The smallest bucket that holds ``longest`` tokens.
 
-    Example::
-
-        padded_length(40, (16, 32, 64, 128))   # 64
+    >>> padded_length(40, (16, 32, 64, 128))
+    64
     """
     for length in buckets:
         if longest <= length:
@@ -121,10 +121,14 @@ def make_batch(
     ``labels`` (int32 or float32, ``(batch,)``), ``example_mask`` (float32, ``(batch,)``: weight each
     example's loss and metric by it), ``idx`` (int64, ``(batch,)``).
 
-    Example::
-
-        batch = make_batch(data, [0, 1, 2], batch_size=4, buckets=(16, 32))
-        batch["input_ids"].shape, batch["example_mask"]   # (4, 16), [1, 1, 1, 0]
+    >>> from jaxlora.data.tokenized import TokenizedDataset
+    >>> data = TokenizedDataset(np.arange(1, 10, dtype=np.int32), np.zeros(9, np.int8), np.array([0, 2, 5, 9]),
+    ...                         np.array([1, 0, 1], np.int32), np.arange(3), pad_id=0, max_length=32)
+    >>> batch = make_batch(data, [0, 1, 2], batch_size=4, buckets=(4, 8))
+    >>> batch["input_ids"].tolist()   # the fourth row is a dummy: one attended pad token
+    [[1, 2, 0, 0], [3, 4, 5, 0], [6, 7, 8, 9], [0, 0, 0, 0]]
+    >>> batch["attention_mask"][3].tolist(), batch["example_mask"].tolist(), batch["idx"].tolist()
+    ([1, 0, 0, 0], [1.0, 1.0, 1.0, 0.0], [0, 1, 2, -1])
     """
     indices = np.asarray(indices, dtype=np.int64)
     real = len(indices)
@@ -169,9 +173,10 @@ def make_batch(
 def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = False) -> int:
     """Number of batches in one epoch.
 
-    Example::
-
-        steps_per_epoch(60614, 16)   # 3789 (the last batch holds 14 examples and 2 dummies)
+    >>> steps_per_epoch(60614, 16)   # the last batch holds 14 examples and 2 dummies
+    3789
+    >>> steps_per_epoch(60614, 16, drop_remainder=True)
+    3788
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
@@ -194,10 +199,14 @@ def epoch_order(
     into batches, then shuffles the batch order, so batches of similar lengths need less padding
     (fewer wasted tokens; examples still meet random batch-mates from their neighbourhood).
 
-    Example::
-
-        batches = epoch_order(data, batch_size=16, seed=0, epoch=3)
-        len(batches) == steps_per_epoch(data.num_examples, 16)
+    >>> from jaxlora.data.tokenized import TokenizedDataset
+    >>> data = TokenizedDataset(np.ones(10, np.int32), np.zeros(10, np.int8), np.arange(11), np.zeros(10, np.int32),
+    ...                         np.arange(10), pad_id=0, max_length=8)
+    >>> batches = epoch_order(data, batch_size=4, seed=0, epoch=3)
+    >>> [len(b) for b in batches], sorted(np.concatenate(batches).tolist()) == list(range(10))
+    ([4, 4, 2], True)
+    >>> all((a == b).all() for a, b in zip(batches, epoch_order(data, 4, seed=0, epoch=3)))   # a pure function
+    True
     """
     if seed < 0 or epoch < 0:
         raise ValueError(f"seed and epoch must be non-negative, got seed={seed}, epoch={epoch}.")
@@ -235,10 +244,15 @@ def iterate(
     with exactly the batches an uninterrupted run would have produced. Buckets default to
     :func:`bucket_lengths` of ``data.max_length``.
 
-    Example::
-
-        it = iterate(data, LoaderState(seed=0), batch_size=16)
-        batch, state = next(it)      # state == LoaderState(epoch=0, step=1, seed=0)
+    >>> from jaxlora.data.tokenized import TokenizedDataset
+    >>> data = TokenizedDataset(np.arange(6, dtype=np.int32), np.zeros(6, np.int8), np.arange(7),
+    ...                         np.zeros(6, np.int32), np.arange(6), pad_id=0, max_length=4)
+    >>> straight = [(b["idx"].tolist(), s) for b, s in itertools.islice(iterate(data, LoaderState(seed=0), 4), 3)]
+    >>> straight[1][1]   # after the second batch: epoch 0 is done
+    LoaderState(epoch=1, step=0, seed=0)
+    >>> resumed = next(iterate(data, straight[1][1], 4))   # resume from the saved state
+    >>> resumed[0]["idx"].tolist() == straight[2][0]
+    True
     """
     buckets = tuple(buckets) if buckets is not None else bucket_lengths(data.max_length)
     if data.num_examples == 0:
@@ -279,10 +293,11 @@ def iterate_eval(
     Examples come in file order, or shortest first with ``sort_by_length=True`` (less padding; use
     ``batch["idx"]`` and ``batch["example_mask"]`` to put predictions back in order).
 
-    Example::
-
-        for batch in iterate_eval(data, batch_size=64):
-            logits = eval_step(params, batch)   # keep rows where batch["example_mask"] == 1
+    >>> from jaxlora.data.tokenized import TokenizedDataset
+    >>> data = TokenizedDataset(np.arange(6, dtype=np.int32), np.zeros(6, np.int8), np.array([0, 3, 4, 6]),
+    ...                         np.zeros(3, np.int32), np.array([10, 11, 12]), pad_id=0, max_length=4)
+    >>> [b["idx"].tolist() for b in iterate_eval(data, batch_size=2, sort_by_length=True)]   # keep idx >= 0
+    [[11, 12], [10, -1]]
     """
     buckets = tuple(buckets) if buckets is not None else bucket_lengths(data.max_length)
     order = np.arange(data.num_examples)

@@ -30,10 +30,9 @@ class GlueTask(NamedTuple):
     Column names are *candidates*, tried in order: the original GLUE TSV name first, then the
     Hugging Face ``nyu-mll/glue`` name, then generic export names (``sentence1``/``sentence2``).
 
-    Example::
-
-        task = get_task("STS-B")
-        task.num_labels, task.is_regression, task.primary_metric   # (1, True, "pearson")
+    >>> task = get_task("MRPC")
+    >>> task.num_labels, task.is_pair, task.text_a_columns   # GLUE's TSV column first, then the hub's
+    (2, True, ('#1 String', 'sentence1'))
     """
 
     name: str  # canonical short name, the hub config: "sst2"
@@ -264,9 +263,8 @@ def _normalise(name: str) -> str:
 def task_names() -> tuple[str, ...]:
     """The canonical names of all registered tasks.
 
-    Example::
-
-        "sst2" in task_names()   # True
+    >>> task_names()[:3]
+    ('cola', 'sst2', 'mrpc')
     """
     return tuple(TASKS)
 
@@ -274,9 +272,8 @@ def task_names() -> tuple[str, ...]:
 def get_task(task: str | GlueTask) -> GlueTask:
     """Look a task up by any usual spelling: ``"SST-2"``, ``"sst2"``, ``"STS-B"``, ``"mnli-mm"``.
 
-    Example::
-
-        get_task("SST-2").name   # "sst2"
+    >>> get_task("SST-2").name, get_task("mnli-mm").name
+    ('sst2', 'mnli_mm')
     """
     if isinstance(task, GlueTask):
         return task

@@ -54,10 +54,9 @@ class Split(NamedTuple):
     regression task, float32 scores. ``idx`` is the example id from the file (its ``idx``/``index``/
     ``id`` column) or the row number when the file has none.
 
-    Example::
-
-        split = Split(["good", "bad"], None, np.array([1, 0], np.int32), np.arange(2))
-        split.num_examples   # 2
+    >>> split = Split(["good", "bad"], None, np.array([1, -1], np.int32), np.arange(2))
+    >>> split.num_examples, split.has_labels
+    (2, True)
     """
 
     texts_a: list[str]
@@ -80,9 +79,9 @@ class Split(NamedTuple):
 def take(split: Split, indices: Sequence[int] | np.ndarray) -> Split:
     """The examples of ``split`` at ``indices``, in that order.
 
-    Example::
-
-        first_two = take(split, [0, 1])
+    >>> split = Split(["a", "b", "c"], ["x", "y", "z"], np.array([0, 1, 0], np.int32), np.arange(3))
+    >>> take(split, [2, 0]).texts_b
+    ['z', 'x']
     """
     indices = np.asarray(indices, dtype=np.int64)
     texts_a = [split.texts_a[i] for i in indices]
@@ -324,9 +323,12 @@ def read_file(task: str | GlueTask, path: str | os.PathLike, split: str = "train
     module docstring says; force it with ``quoting="none"`` or ``"csv"``), ``.csv``, ``.jsonl``/``.json``,
     ``.parquet``. ``split="test"`` allows a missing label column (labels become -1 / NaN).
 
-    Example::
-
-        dev = read_file("mrpc", "../shared/data/glue/MRPC/dev.tsv", split="dev")
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "dev.jsonl"
+    >>> _ = path.write_text('{"sentence1": "A", "sentence2": "B", "label": 1, "idx": 4}\\n')
+    >>> split = read_file("rte", path, split="dev")
+    >>> split.texts_a, split.texts_b, split.labels.tolist(), split.idx.tolist()
+    (['A'], ['B'], [1], [4])
     """
     task = get_task(task)
     path = os.fspath(path)

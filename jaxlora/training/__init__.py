@@ -16,12 +16,15 @@
 
 What a run learns (data, batches, loss, metrics, predictions) is its task, from :mod:`jaxlora.tasks`.
 
-Example (a 200-step MiniLM run on local GLUE files)::
+A 200-step MiniLM run on local GLUE files is ``default_config()`` with ``model = "minilm-l6"``,
+``data_dir`` set to the GLUE folder and ``max_steps = 200``, passed to ``train(config, "runs/quick")``
+(about a minute on a laptop CPU; ``train.py`` does the same from the command line).
 
-    from jaxlora.training import default_config, train
-    config = default_config()
-    config.model, config.data_dir, config.max_steps = "minilm-l6", "../shared/data/glue", 200
-    results = train(config, "runs/quick")
+>>> config = default_config()
+>>> config.model, config.max_steps = "minilm-l6", 200
+>>> validate(config)
+>>> method_from_config(config).name, config.task
+('lora', 'sst2')
 """
 
 from jaxlora.tasks.glue import loss_fn

@@ -12,15 +12,29 @@ moments exist for those leaves only. The model's inputs are the batch arrays its
 (``jaxlora.models.get_family(module).input_names``). Dropout keys are ``fold_in(rng, step)``, so a
 resumed run draws the same masks as an uninterrupted one.
 
->>> import numpy as np
+A tiny BERT, LoRA on it, SST-2's loss, one device:
+
 >>> from jaxlora import models
 >>> module, frozen = models.from_config(models.tiny_config("bert"), task="sequence_classification")
 >>> method, task = LowRank(jaxlora.AdapterConfig("lora", rank=2)), tasks.Glue(jdata.get_task("sst2"))
->>> params = model_params(frozen, *method.initial(jax.random.key(0), frozen), method)
->>> batch = {"input_ids": np.ones((2, 8), np.int32), "attention_mask": np.ones((2, 8), np.int32),
-...          "token_type_ids": np.zeros((2, 8), np.int32)}
->>> forward(module, params, batch, deterministic=True).shape
-(2, 2)
+>>> adapter, tx = method.initial(jax.random.key(0), frozen), optax.adam(1e-2)
+>>> state = TrainState(jnp.int32(0), adapter.trainable, adapter.fixed, tx.init(adapter.trainable),
+...                    jax.random.key_data(jax.random.key(1)))
+>>> mesh = sh.make_mesh()
+>>> rep = sh.replicated(mesh)
+>>> shardings = StateShardings(TrainState(rep, rep, rep, rep, rep), frozen=rep, batch=sh.batch_sharding(mesh),
+...                            replicated=rep)
+>>> data = jdata.TokenizedDataset(np.arange(1, 21, dtype=np.int32), np.zeros(20, np.int8), np.array([0, 4, 12, 20]),
+...                               np.array([1, 0, 1], np.int32), np.arange(3), pad_id=0, max_length=8)
+>>> batch, _ = next(task.train_batches(data, jdata.LoaderState(seed=0), batch_size=4))
+>>> step = make_train_step(module, method, tx, task, shardings)
+>>> state, metrics = step(state, frozen, sh.put_batch(batch, shardings.batch, task.device_keys))  # frozen: an argument
+>>> int(state.step), bool(metrics["params_finite"])
+(1, True)
+>>> eval_step = make_eval_step(module, method, shardings, task)
+>>> logits = evaluate(eval_step, state, frozen, data, 4, shardings.batch, task)   # in data's order
+>>> logits.shape, sorted(task.metrics(logits, data))
+((3, 2), ['accuracy'])
 """
 
 from __future__ import annotations
@@ -103,10 +117,8 @@ def make_train_step(module, method: TrainingMethod | AdapterConfig | None, optim
 
     The state is donated (updated in place); ``frozen`` is not. ``task.loss`` is the loss.
 
-    Example (``run`` from :func:`jaxlora.training.build`)::
-
-        step = make_train_step(run.module, run.method, run.optimizer, run.task, run.shardings)
-        state, metrics = step(run.initial_state, run.frozen, put_batch(batch, run.shardings.batch))
+    The module docstring runs one; in a run, ``make_train_step(run.module, run.method, run.optimizer,
+    run.task, run.shardings)`` is the loop's step (``run`` from :func:`jaxlora.training.build`).
     """
     method = as_method(method)
 
@@ -141,10 +153,7 @@ def make_eval_step(module, method: TrainingMethod | AdapterConfig | None, shardi
     The outputs are ``task.eval_outputs`` of the model's (logits for GLUE), or the model's float32
     outputs when no task is given.
 
-    Example::
-
-        eval_step = make_eval_step(run.module, run.method, run.shardings, run.task)
-        logits = eval_step(state.trainable, state.fixed, run.frozen, device_batch)
+    The module docstring runs one over a tiny split, through :func:`evaluate`.
     """
     method = as_method(method)
 
@@ -166,10 +175,7 @@ def evaluate(eval_step: Callable, state: TrainState, frozen, data, batch_size: i
 
     Every batch is dispatched before the first result is read, so the host never waits in between.
 
-    Example::
-
-        logits = evaluate(eval_step, state, run.frozen, run.validation_data, 64, run.shardings.batch, run.task)
-        run.task.metrics(logits, run.validation_data)   # {"accuracy": 0.91}
+    The module docstring evaluates a tiny split; its outputs feed ``task.metrics``.
     """
     dispatched = [
         (eval_step(state.trainable, state.fixed, frozen, sh.put_batch(batch, batch_shard, task.device_keys)), rows)

@@ -64,8 +64,10 @@ def tiny_model(tmp_path_factory) -> pathlib.Path:
 
     folder = tmp_path_factory.mktemp("tiny_bert")
     vocab = SPECIAL + sorted(set(POSITIVE + NEGATIVE + FILLER))
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    # transformers 5 builds a fast tokenizer from ``vocab=``; a ``vocab_file=`` alone is ignored (all [UNK]).
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)}, do_lower_case=True)
+    assert tokenizer.tokenize("Good film") == ["good", "film"]
+    tokenizer.save_pretrained(folder)
     config = models.tiny_config("bert", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
     module, params = models.from_config(config, task="base", seed=0)
     models.save_pretrained(module, params, str(folder))
