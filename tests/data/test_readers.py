@@ -1,18 +1,10 @@
-"""GLUE registry and readers: real files in ../shared/data/glue, HF exports, errors, the 90/10 split."""
-
-import os
-import pathlib
-import shutil
-import time
+"""GLUE files into columns: real files in ../shared/data/glue, HF exports, malformed rows named."""
 
 import numpy as np
 import pytest
 
 from jaxlora import data as jdata
-from jaxlora import util
-
-GLUE_DIR = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "glue"
-needs_glue = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"shared GLUE data not found at {GLUE_DIR}")
+from tests.data.glue_files import GLUE_DIR, needs_glue
 
 # Row counts from ../shared/data/README.md.
 ROWS = {
@@ -21,41 +13,6 @@ ROWS = {
     "stsb": (5749, 1500, 1379),
     "rte": (2490, 277, 3000),
 }
-
-
-# ------------------------------------------------------------------------------------- registry
-
-
-def test_registry_covers_the_eight_tasks_with_the_paper_metrics():
-    expected_primary = {
-        "cola": "mcc", "stsb": "pearson", "sst2": "accuracy", "mrpc": "accuracy",
-        "rte": "accuracy", "qnli": "accuracy", "qqp": "accuracy", "mnli": "accuracy",
-    }
-    for name, metric in expected_primary.items():
-        task = jdata.get_task(name)
-        assert task.primary_metric == metric
-        assert metric in task.metric_names
-        assert task.hub_config in ("cola", "sst2", "mrpc", "stsb", "rte", "qnli", "qqp", "mnli")
-    assert jdata.get_task("stsb").num_labels == 1 and jdata.get_task("stsb").is_regression
-    assert jdata.get_task("stsb").metric_names == ("pearson", "spearman")
-    assert "f1" in jdata.get_task("mrpc").metric_names and "f1" in jdata.get_task("qqp").metric_names
-    assert jdata.get_task("mnli").num_labels == 3 and jdata.get_task("mnli").hub_splits["dev"] == "validation_matched"
-    assert not jdata.get_task("sst2").is_pair and jdata.get_task("rte").is_pair
-
-
-@pytest.mark.parametrize("spelling,name", [("SST-2", "sst2"), ("sst2", "sst2"), ("STS-B", "stsb"),
-                                           ("CoLA", "cola"), ("MNLI-mm", "mnli_mm"), ("mnli", "mnli")])
-def test_task_spellings(spelling, name):
-    assert jdata.get_task(spelling).name == name
-
-
-def test_unknown_task_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"Unknown GLUE task 'wnli'.*sst2"):
-        jdata.get_task("wnli")
-
-
-# ------------------------------------------------------------------------------ real GLUE files
-
 
 @needs_glue
 @pytest.mark.parametrize("task", sorted(ROWS))
@@ -104,18 +61,6 @@ def test_sst2_trailing_spaces_and_mrpc_bom_are_stripped():
     assert not any(t != t.strip() for t in sst2.texts_a)
     # The BOM sits before MRPC's "Quality" header: finding the label column proves it was stripped.
     assert jdata.read_split("mrpc", "dev", GLUE_DIR).labels[:3].tolist() == [1, 0, 0]
-
-
-@needs_glue
-def test_folder_name_styles_and_glue_dir_env(tmp_path, monkeypatch):
-    (tmp_path / "sst2").mkdir()
-    shutil.copy(GLUE_DIR / "SST-2" / "dev.tsv", tmp_path / "sst2" / "validation.tsv")
-    split = jdata.read_split("SST-2", "dev", tmp_path)
-    assert split.num_examples == 872
-    monkeypatch.setenv("GLUE_DIR", str(tmp_path))
-    assert jdata.load_split("sst2", "dev").num_examples == 872  # auto: GLUE_DIR set -> local files
-    # data_dir may also be the task folder itself.
-    assert jdata.read_split("sst2", "dev", tmp_path / "sst2").num_examples == 872
 
 
 # ---------------------------------------------------------------------------- Hugging Face exports
@@ -206,26 +151,6 @@ def test_original_formats_of_tasks_not_in_shared_data(tmp_path, task, filename, 
     assert split.labels.tolist() == expected_labels
 
 
-# ------------------------------------------------------------------------------------- errors
-
-
-def test_missing_glue_dir_says_to_set_it(monkeypatch):
-    monkeypatch.delenv("GLUE_DIR", raising=False)
-    with pytest.raises(FileNotFoundError, match=r"GLUE_DIR is not set.*data_dir"):
-        jdata.read_split("sst2", "train")
-    with pytest.raises(FileNotFoundError, match=r"'/no/such/glue' \(from data_dir\) does not exist.*GLUE_DIR"):
-        jdata.read_split("sst2", "train", "/no/such/glue")
-
-
-def test_missing_task_folder_and_split_file_name_the_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"No folder for GLUE task CoLA in .*(CoLA or cola).*GLUE_DIR"):
-        jdata.read_split("cola", "train", tmp_path)
-    (tmp_path / "CoLA").mkdir()
-    (tmp_path / "CoLA" / "train.tsv").write_text("gj04\t1\t\tFine.\n")
-    with pytest.raises(FileNotFoundError, match=r"No dev file for GLUE task CoLA in '.*CoLA'.*dev\.\{tsv"):
-        jdata.read_split("cola", "dev", tmp_path)
-
-
 def test_malformed_rows_name_file_line_and_problem(tmp_path):
     folder = tmp_path / "MRPC"
     folder.mkdir()
@@ -252,63 +177,3 @@ def test_malformed_jsonl_and_missing_columns(tmp_path):
     path.write_text('{"premise": "a", "label": 0}\n')
     with pytest.raises(ValueError, match=r"has no first-sentence column: looked for 'sentence1'.*found 'premise'"):
         jdata.read_split("rte", "train", tmp_path)
-
-
-# ----------------------------------------------------------------------------------------- hub
-
-
-def test_offline_hub_fails_fast_and_points_at_local_files(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("GLUE_DIR", raising=False)
-    assert "HF_HUB_OFFLINE" in util.hub_offline_reason()
-    start = time.perf_counter()
-    with pytest.raises(ConnectionError, match=r"Cannot load GLUE task SST-2 from the Hugging Face hub: "
-                                              r"HF_HUB_OFFLINE=1 is set.*GLUE_DIR"):
-        jdata.load_split("sst2", "train")  # source="auto" with no GLUE_DIR goes to the hub
-    assert time.perf_counter() - start < 1.0
-
-
-# ----------------------------------------------------------------------- CondLoRA protocol split
-
-
-@needs_glue
-def test_protocol_split_is_deterministic_disjoint_and_complete():
-    full = jdata.read_split("sst2", "train", GLUE_DIR)
-    train, validation = jdata.split_train_validation(full, 0.1, seed=1)
-    assert (train.num_examples, validation.num_examples) == (60614, 6735)
-    ids_train, ids_val = set(train.idx.tolist()), set(validation.idx.tolist())
-    assert not ids_train & ids_val
-    assert ids_train | ids_val == set(full.idx.tolist())
-    again_train, again_val = jdata.split_train_validation(full, 0.1, seed=1)
-    np.testing.assert_array_equal(again_val.idx, validation.idx)
-    assert again_train.texts_a == train.texts_a
-    other = jdata.split_train_validation(full, 0.1, seed=2)[1]
-    assert not np.array_equal(other.idx, validation.idx)
-    # Rows travel with their labels.
-    row = int(validation.idx[0])
-    assert validation.texts_a[0] == full.texts_a[row] and validation.labels[0] == full.labels[row]
-
-
-@needs_glue
-def test_protocol_split_matches_the_official_datasets_shuffle():
-    import datasets
-
-    splits = jdata.protocol_splits("rte", data_dir=GLUE_DIR)
-    n = 2490
-    shuffled = datasets.Dataset.from_dict({"row": np.arange(n)}).shuffle(seed=1)["row"]
-    num_validation = round(n * 0.1)
-    np.testing.assert_array_equal(splits.validation.idx, shuffled[:num_validation])
-    np.testing.assert_array_equal(splits.train.idx, shuffled[num_validation:])
-    assert splits.test.num_examples == 277  # GLUE dev is the test set
-
-
-def test_take_and_split_argument_errors():
-    split = jdata.Split(["a", "b", "c"], None, np.array([0, 1, 0], np.int32), np.arange(3))
-    sub = jdata.take(split, [2, 0])
-    assert sub.texts_a == ["c", "a"] and sub.labels.tolist() == [0, 0] and sub.idx.tolist() == [2, 0]
-    with pytest.raises(ValueError, match=r"validation_fraction must be in \(0, 1\)"):
-        jdata.split_train_validation(split, 1.5)
-    with pytest.raises(ValueError, match="leaves an empty split"):
-        jdata.split_train_validation(split, 0.1)
-    with pytest.raises(ValueError, match="Unknown split 'valid'"):
-        jdata.find_split_file("sst2", "valid", os.getcwd())
