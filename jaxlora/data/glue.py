@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Mapping, NamedTuple
 
-__all__ = ["GlueTask", "TASKS", "HUB_PATH", "SPLIT_NAMES", "get_task", "task_names"]
+__all__ = ["GlueTask", "TASKS", "HUB_PATH", "SPLIT_NAMES", "get_task", "task_names", "normalise_name"]
 
 HUB_PATH = "nyu-mll/glue"
 SPLIT_NAMES = ("train", "dev", "test")
@@ -256,7 +256,12 @@ _ALIASES = {
 }
 
 
-def _normalise(name: str) -> str:
+def normalise_name(name: str) -> str:
+    """A task or folder name without case, dashes, underscores or spaces, for comparisons.
+
+    >>> normalise_name("STS-B"), normalise_name("mnli_mm")
+    ('stsb', 'mnlimm')
+    """
     return re.sub(r"[-_ ]", "", name).lower()
 
 
@@ -277,10 +282,10 @@ def get_task(task: str | GlueTask) -> GlueTask:
     """
     if isinstance(task, GlueTask):
         return task
-    key = _normalise(str(task))
-    key = _normalise(_ALIASES.get(key, key))
+    key = normalise_name(str(task))
+    key = normalise_name(_ALIASES.get(key, key))
     for canonical, spec in TASKS.items():
-        if key == _normalise(canonical) or key == _normalise(spec.display_name):
+        if key == normalise_name(canonical) or key == normalise_name(spec.display_name):
             return spec
     raise ValueError(
         f"Unknown GLUE task {task!r}. Known tasks: {', '.join(TASKS)} "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from jaxlora.data.glue import HUB_PATH, SPLIT_NAMES, GlueTask, _normalise, get_task
+from jaxlora.data.glue import HUB_PATH, SPLIT_NAMES, GlueTask, normalise_name, get_task
 from jaxlora.data.readers import FILE_EXTENSIONS, HOW_TO_POINT, Split, Table, read_file, split_from_table
 from jaxlora.util import hub_offline_reason
 
@@ -36,9 +36,9 @@ def _resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
 
 
 def _find_task_dir(task: GlueTask, data_dir: str) -> str:
-    wanted = {_normalise(n) for n in task.folder_names}
+    wanted = {normalise_name(n) for n in task.folder_names}
     for entry in sorted(os.listdir(data_dir)):
-        if _normalise(entry) in wanted and os.path.isdir(os.path.join(data_dir, entry)):
+        if normalise_name(entry) in wanted and os.path.isdir(os.path.join(data_dir, entry)):
             return os.path.join(data_dir, entry)
     # data_dir may already be the task folder itself.
     if any(_split_candidates(task, data_dir, "train") + _split_candidates(task, data_dir, "dev")):
