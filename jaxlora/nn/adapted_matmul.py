@@ -21,7 +21,8 @@ scale. Autodiff gets the arithmetic right but not the cost on XLA:CPU:
 The forward pass can likewise add the low-rank term inside the main product,
 ``[x, s*z] @ [K; b]``, which avoids writing and re-reading a ``(tokens, d_out)``
 low-rank product; it pays a copy of ``x``, so it is used when ``x`` is the
-narrower side (``d_in <= d_out``). Each choice was kept because it made the MiniLM
+narrower side (``d_in <= d_out``). Both concatenations are used on one device only (see
+:func:`concatenate_factors`): on a mesh they cost collectives. Each choice was kept because it made the MiniLM
 train step faster in paired runs (about 5% each with LoRA on all linear layers;
 docs/BENCHMARKS.md).
 
@@ -45,9 +46,22 @@ def _lowrank_grad(h: Array, gb: Array) -> Array:
     return jax.lax.optimization_barrier(gb.T @ h).T
 
 
+def concatenate_factors() -> bool:
+    """Whether to append factors to the kernel (``[x, s*z] @ [K; b]``) instead of two products.
+
+    Only on one device: with the kernel split over a mesh, the concatenation of a sharded ``K``
+    with a differently sharded factor makes XLA reshard (and rematerialise) the whole kernel
+    every step; the plain two-product form needs no more collectives than ``x @ K`` itself.
+
+    >>> concatenate_factors() == (jax.device_count() == 1)
+    True
+    """
+    return jax.device_count() == 1
+
+
 def _forward(x: Array, h: Array | None, kernel: Array, a: Array, b: Array, scale: float):
     z = (x if h is None else h) @ a
-    if kernel.shape[0] <= kernel.shape[1]:
+    if kernel.shape[0] <= kernel.shape[1] and concatenate_factors():
         y = jnp.concatenate([x, scale * z], axis=-1) @ jnp.concatenate([kernel, b], axis=0)
     else:
         y = x @ kernel + (scale * z) @ b
@@ -68,7 +82,7 @@ def _adapted_matmul_bwd(scale, residuals, g):
     x, h, kernel, a, b, z = residuals
     gb = g @ b.T
     if h is None:
-        if kernel.shape[1] <= kernel.shape[0]:
+        if kernel.shape[1] <= kernel.shape[0] and concatenate_factors():
             dx = jnp.concatenate([g, scale * gb], axis=-1) @ jnp.concatenate([kernel.T, a.T], axis=0)
         else:
             dx = g @ kernel.T + (scale * gb) @ a.T

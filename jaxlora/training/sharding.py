@@ -7,12 +7,19 @@ One mesh, three axes:
   (ZeRO-3 style: XLA gathers them for each use);
 * ``tensor``: heads / MLP / vocabulary dimensions split (Megatron style).
 
-Frozen parameters are placed by their logical axis names (:func:`jaxlora.models.logical_axes`)
-through flax's logical rules (:data:`DEFAULT_RULES`); a dimension that the mesh axis does not divide
-stays whole (so any model runs on any mesh). Adapters are small: their leaves are replicated
-unless they hold at least ``adapter_fsdp_min_size`` numbers, then split over ``fsdp``. Leaves
-trained in full (a head, or the whole model) keep the frozen layout of the same path. Optimiser
-moments follow their parameter. Batches are split over ``(data, fsdp)``.
+Frozen parameters are placed by their axis names through flax's logical rules
+(:data:`DEFAULT_RULES`): jaxlora's models name them (:func:`jaxlora.models.logical_axes`); any
+other model names them itself (``nn.with_logical_partitioning`` / ``nn.with_partitioning`` in its
+initialisers, seen through an abstract init function), or its params are already placed on the
+mesh. A dimension that the mesh axis does not divide stays whole (so any model runs on any mesh).
+
+Adapter factors are placed like the weight they adapt: ``a`` ``(d_in, r)`` is split along
+``d_in`` as the kernel's input axis is, ``b`` ``(r, d_out)`` along ``d_out`` as its output axis
+is, and the rank axis is never split, so ``x @ a`` and ``(x @ a) @ b`` need no more
+communication than ``x @ K`` (adapter_shardings with ``frozen`` and ``config``). Without them,
+small leaves are replicated and leaves of at least ``adapter_fsdp_min_size`` numbers split over
+``fsdp``. Leaves trained in full (a head, or the whole model) keep the frozen layout of the same
+path. Optimiser moments follow their parameter. Batches are split over ``(data, fsdp)``.
 
 The same code runs on one CPU, on ``--xla_force_host_platform_device_count=8``, on a GPU and on
 a TPU slice; only the mesh sizes in the config change.
@@ -31,6 +38,7 @@ from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
+from flax import nnx
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -133,20 +141,69 @@ def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> Partition
     ])
 
 
-def frozen_shardings(module: nn.Module, params: Mapping, mesh: Mesh, rules=DEFAULT_RULES) -> dict:
-    """NamedShardings of a model's parameters from their logical axis names and ``rules``.
+def frozen_shardings(source: Any, params_or_mesh: Any = None, mesh: Mesh | None = None, rules=DEFAULT_RULES) -> dict:
+    """NamedShardings of a model's parameters, from their axis names and ``rules``.
 
-    Example::
+    ``source`` is one of
 
-        frozen = jax.device_put(frozen, frozen_shardings(module, frozen, mesh))
+    * a jaxlora model (``nn.Module`` from :mod:`jaxlora.models`) followed by its params:
+      ``frozen_shardings(module, params, mesh)``;
+    * an abstract init function, ``lambda: model.init(key, x)`` (or ``nnx.state`` of a model
+      built under ``nnx.eval_shape``): nothing is computed, and the names its initialisers give
+      (``nn.with_logical_partitioning`` through ``rules``, ``nn.with_partitioning`` as mesh axes)
+      place each leaf: ``frozen_shardings(init_fn, mesh)``;
+    * the params themselves: boxed leaves as above, arrays already placed on ``mesh`` keep their
+      placement, anything else is replicated: ``frozen_shardings(params, mesh)``.
+
+    >>> part = nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp"))
+    >>> model, x = nn.Dense(8, kernel_init=part), np.ones((2, 4), np.float32)
+    >>> frozen_shardings(lambda: model.init(jax.random.key(0), x), make_mesh())["kernel"].spec
+    P('fsdp', 'tensor')
     """
-    axes = logical_axes(module, params)
+    if isinstance(source, nn.Module):
+        axes = logical_axes(source, params_or_mesh)
 
-    def place(logical: PartitionSpec, leaf) -> NamedSharding:
-        mesh_spec = nn.logical_to_mesh_axes(tuple(logical), rules)
-        return NamedSharding(mesh, fit_spec(mesh_spec, np.shape(leaf), mesh))
+        def place(logical: PartitionSpec, leaf) -> NamedSharding:
+            mesh_spec = nn.logical_to_mesh_axes(tuple(logical), rules)
+            return NamedSharding(mesh, fit_spec(mesh_spec, np.shape(leaf), mesh))
 
-    return jax.tree.map(place, axes, params, is_leaf=lambda x: isinstance(x, PartitionSpec))
+        return jax.tree.map(place, axes, params_or_mesh, is_leaf=lambda x: isinstance(x, PartitionSpec))
+    mesh = params_or_mesh if mesh is None else mesh
+    tree = jax.eval_shape(source) if callable(source) else source
+    if isinstance(tree, Mapping) and set(tree) == {"params"}:
+        tree = tree["params"]
+    if isinstance(tree, nnx.State):
+        tree = nnx.to_pure_dict(nnx.State(jax.tree.map(_nnx_box, tree, is_leaf=_is_nnx_variable)))
+
+    def place_leaf(leaf) -> NamedSharding:
+        return NamedSharding(mesh, fit_spec(_leaf_spec(leaf, mesh, rules), np.shape(_unboxed(leaf)), mesh))
+
+    return jax.tree.map(place_leaf, tree, is_leaf=lambda x: isinstance(x, (nn.Partitioned, PartitionSpec)))
+
+
+def _is_nnx_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def _nnx_box(variable):
+    names = variable.get_metadata().get("sharding_names") or variable.get_metadata().get("sharding")
+    value = variable.get_value()
+    return variable.replace(nn.Partitioned(value, tuple(names)) if names else value)
+
+
+def _unboxed(leaf):
+    return leaf.unbox() if isinstance(leaf, nn.Partitioned) else leaf
+
+
+def _leaf_spec(leaf, mesh: Mesh, rules) -> PartitionSpec:
+    if isinstance(leaf, nn.LogicallyPartitioned):
+        return nn.logical_to_mesh_axes(tuple(leaf.names), rules)
+    if isinstance(leaf, nn.Partitioned):
+        return PartitionSpec(*leaf.names)
+    sharding = getattr(leaf, "sharding", None)
+    if isinstance(sharding, NamedSharding) and sharding.mesh.shape == mesh.shape:
+        return sharding.spec
+    return PartitionSpec()
 
 
 def _small_or_fsdp(leaf, mesh: Mesh, min_size: int) -> NamedSharding:
@@ -169,16 +226,43 @@ def _path_lookup(tree: Mapping, path: tuple) -> Any:
 
 
 def adapter_shardings(
-    trainable: Mapping, fixed: Mapping, mesh: Mesh, frozen_sh: Mapping | None, min_size: int = 1 << 20
+    trainable: Mapping, fixed: Mapping, mesh: Mesh, frozen_sh: Mapping | None, min_size: int = 1 << 20,
+    *, frozen: Mapping | None = None, config=None,
 ) -> tuple[dict, dict]:
-    """Shardings of ``(trainable, fixed)``: small leaves replicated, large ones over fsdp, "full" like frozen.
+    """Shardings of ``(trainable, fixed)``; ``"full"`` leaves like their frozen leaf.
 
-    Example::
+    Given the ``frozen`` params (arrays or ``ShapeDtypeStruct``) and the adapter ``config``, the
+    factors are placed like the weight they adapt (``a`` along ``d_in`` as the kernel's input
+    axis, ``b`` along ``d_out`` as its output axis, the rank never split; CondLoRA's shared maps
+    likewise, by the side of the kernel each contracts with). Otherwise small leaves are
+    replicated and leaves of at least ``min_size`` numbers split over ``fsdp``.
 
-        trainable_sh, fixed_sh = adapter_shardings(adapter.trainable, adapter.fixed, mesh, frozen_sh)
+    >>> import jaxlora
+    >>> frozen = {"mlp": {"kernel": np.ones((8, 16), np.float32)}}
+    >>> mesh = make_mesh()
+    >>> frozen_sh = {"mlp": {"kernel": NamedSharding(mesh, PartitionSpec("fsdp", "tensor"))}}
+    >>> cfg = jaxlora.AdapterConfig("lora", rank=2, targets=("mlp",))
+    >>> adapter = jaxlora.init(jax.random.key(0), frozen, cfg)
+    >>> trainable_sh, _ = adapter_shardings(adapter.trainable, adapter.fixed, mesh, frozen_sh, frozen=frozen, config=cfg)
+    >>> trainable_sh["lowrank"]["mlp"]["a"].spec, trainable_sh["lowrank"]["mlp"]["b"].spec
+    (P('fsdp', None), P(None, 'tensor'))
     """
+    like_weights = None
+    if frozen is not None and config is not None and frozen_sh is not None:
+        like_weights = _factor_specs(frozen, frozen_sh, config, mesh)
+
     def lowrank_like(tree):
-        return jax.tree.map(lambda leaf: _small_or_fsdp(leaf, mesh, min_size), tree)
+        if like_weights is None:
+            return jax.tree.map(lambda leaf: _small_or_fsdp(leaf, mesh, min_size), tree)
+
+        def place(path, leaf):
+            keys = tuple(getattr(k, "key", k) for k in path)
+            spec = like_weights.get(keys)
+            if spec is None:  # MTLoRA's (r, r) transform and anything else without a weight side
+                return replicated(mesh)
+            return NamedSharding(mesh, fit_spec(spec, np.shape(leaf), mesh))
+
+        return jax.tree_util.tree_map_with_path(place, tree)
 
     trainable_sh = {}
     for group, subtree in trainable.items():
@@ -196,6 +280,34 @@ def adapter_shardings(
         else:
             trainable_sh[group] = lowrank_like(subtree)
     return trainable_sh, lowrank_like(fixed)
+
+
+def _matrix_axes(spec: PartitionSpec, dims: tuple[int, ...]):
+    """The mesh axes of a group of kernel axes viewed as one (its major axis: a row-major merge)."""
+    entries = tuple(spec) + (None,) * (max(dims) + 1 - len(spec))
+    return entries[dims[0]]
+
+
+def _factor_specs(frozen: Mapping, frozen_sh: Mapping, config, mesh: Mesh) -> dict:
+    """``{adapter leaf path: PartitionSpec}``: each factor on the side of its weight it multiplies."""
+    from jaxlora.adapters.targets import find_targets  # training -> adapters: the layering's direction
+
+    specs: dict = {}
+    for path, target in find_targets(frozen, config).items():
+        kernel_spec = _path_lookup(frozen_sh, path + ("kernel",)).spec
+        d_in_axes = _matrix_axes(kernel_spec, target.in_dims)
+        d_out_axes = _matrix_axes(kernel_spec, target.out_dims)
+        # Per-matrix factors (LoRA, B-only, A-only, MTLoRA) live under the module's path.
+        for prefix in (("lowrank",) + path, path):
+            specs[prefix + ("a",)] = PartitionSpec(d_in_axes, None)
+            specs[prefix + ("b",)] = PartitionSpec(None, d_out_axes)
+        # CondLoRA's shared maps, by the side of K each contracts with: theta_b @ K and the paper's
+        # a = K.T @ theta_a.T the input side, the rectangular a = K @ phi_a.T the output side.
+        square = target.d_in == target.d_out
+        for prefix in (("lowrank", target.group), (target.group,)):
+            specs.setdefault(prefix + ("theta_b",), PartitionSpec(None, d_in_axes))
+            specs.setdefault(prefix + ("theta_a",), PartitionSpec(None, d_in_axes if square else d_out_axes))
+    return specs
 
 
 def like_params(abstract_state: Any, params: Any, param_shardings: Any, mesh: Mesh) -> Any:
