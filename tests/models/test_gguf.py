@@ -46,8 +46,8 @@ def _random_blocks(rows: int, cols: int, qtype, rng) -> np.ndarray:
     return (rng.integers(0, 256, size=(rows, cols // block * size), dtype=np.uint8) & 0x3B).astype(np.uint8)
 
 
-def write_llama_gguf(path: str, model, types=TYPES, arch: str = "llama", seed: int = 0) -> dict:
-    """Write a transformers Llama as llama.cpp's converter would; returns the HF tensors as written (float32)."""
+def write_decoder_gguf(path: str, model, types=TYPES, arch: str = "llama", seed: int = 0) -> dict:
+    """Write a transformers Llama or Qwen2 as llama.cpp's converter would; returns the HF tensors as written (float32)."""
     config = model.config
     rng = np.random.default_rng(seed)
     writer = gguf.GGUFWriter(path, arch)
@@ -104,7 +104,7 @@ def tiny_gguf(tmp_path_factory):
     model = transformers.LlamaForCausalLM(tiny_llama_config()).eval()
     folder = tmp_path_factory.mktemp("tiny_gguf")
     path = os.path.join(folder, "tiny.gguf")
-    written = write_llama_gguf(path, model)
+    written = write_decoder_gguf(path, model)
     reference = transformers.AutoModelForCausalLM.from_pretrained(str(folder), gguf_file="tiny.gguf").eval()
     return path, written, reference
 
@@ -186,7 +186,7 @@ def test_unsupported_quant_type_is_named(tmp_path):
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(tiny_llama_config(num_hidden_layers=1))
     path = str(tmp_path / "q8_1.gguf")
-    write_llama_gguf(path, model, types=dict(TYPES, attn_v=Q.Q8_1))  # Q8_1: gguf has no dequantiser for it
+    write_decoder_gguf(path, model, types=dict(TYPES, attn_v=Q.Q8_1))  # Q8_1: gguf has no dequantiser for it
     with pytest.raises(ValueError, match=r"1 tensors in types the gguf package cannot dequantise: \['Q8_1'\]"):
         jm.from_pretrained(path)
 
@@ -266,3 +266,30 @@ def test_smollm2_tokenizer_equals_transformers_gguf_tokenizer(smollm2):
         reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     )
     assert tokenizer.special_tokens_map == reference.special_tokens_map
+
+
+def test_tiny_qwen2_gguf_equals_transformers_gguf_loader(tmp_path):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = jm.tiny_config("qwen2", hidden_size=256, intermediate_size=256, num_attention_heads=4,
+                            num_key_value_heads=2, vocab_size=64)
+    model = transformers.Qwen2ForCausalLM(config).eval()
+    path = str(tmp_path / "qwen2.gguf")
+    written = write_decoder_gguf(path, model, arch="qwen2")  # llama.cpp writes Qwen2's q/k rows unpermuted
+    reference = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="qwen2.gguf").eval()
+    checkpoint = jgguf.read_checkpoint(path)
+    expected = {k: v.numpy() for k, v in reference.state_dict().items()}
+    assert set(checkpoint.state_dict) == set(expected) and "model.layers.0.self_attn.q_proj.bias" in expected
+    for key, value in checkpoint.state_dict.items():
+        np.testing.assert_allclose(value, expected[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    np.testing.assert_array_equal(
+        checkpoint.state_dict["model.layers.0.self_attn.q_proj.weight"], written["model.layers.0.self_attn.q_proj.weight"]
+    )
+    module, params = jm.from_pretrained(path)
+    ids, mask = padded_batch(64, 0, lengths=(7, 4), length=7, left=True)
+    keep = mask.astype(bool)
+    ours = np.asarray(module.apply({"params": params}, ids, mask))[keep]
+    theirs = torch_logits(reference, ids, mask)[keep]
+    np.testing.assert_allclose(ours, theirs, atol=2e-5 * np.abs(theirs).max())
