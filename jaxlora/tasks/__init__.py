@@ -5,6 +5,8 @@ the interface (and the registry of kinds), each other module is one task kind:
 
 * :mod:`~jaxlora.tasks.glue`: GLUE classification and regression (``config.task = "sst2"``,
   ``"stsb"``, ...), the CondLoRA protocol's splits;
+* :mod:`~jaxlora.tasks.causal_lm`: prompt/completion fine-tuning of a decoder (``config.task =
+  "causal_lm"``), completion-only loss, loss/perplexity/exact match of greedy generations;
 * :mod:`~jaxlora.tasks.metrics`: GLUE's metrics in numpy (accuracy, F1, MCC, Pearson, Spearman).
 
 A new kind is one file here (its task class and a :class:`~jaxlora.tasks.base.TaskKind`
@@ -19,6 +21,7 @@ registration) imported below, plus its test.
 
 from jaxlora.tasks.base import Task, TaskData, TaskKind, find_kind, from_config, kinds, register_kind, task_names
 from jaxlora.tasks import glue  # noqa: F401  (registers the GLUE kind)
+from jaxlora.tasks import causal_lm  # noqa: F401  (registers the causal-LM kind)
 from jaxlora.tasks.glue import Glue
 
 __all__ = ["Glue", "Task", "TaskData", "TaskKind", "find_kind", "from_config", "kinds", "register_kind",

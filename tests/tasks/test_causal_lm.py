@@ -1,0 +1,157 @@
+"""The causal-LM task kind: JSONL reading, completion-only loss, exact match = greedy generation, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxlora.models as jm
+from jaxlora import data as jdata
+from jaxlora.tasks import causal_lm
+from jaxlora.tasks.base import find_kind
+
+WORDS = ["<pad>", "<eos>", "<bos>", "a", "b", "c", "d", "yes", "no", "Q:", "A:"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """A word-level tokenizer over WORDS (BOS added, EOS known), with a tiny chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+        chat_template="{% for m in messages %}{{ 'Q:' if m['role'] == 'user' else 'A:' }} {{ m['content'] }} "
+                      "{% endfor %}{% if add_generation_prompt %}A: {% endif %}",
+    )
+
+
+def write_jsonl(path, records):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return str(path)
+
+
+def test_kind_is_registered_with_its_options():
+    from jaxlora.training import default_config
+
+    assert find_kind("causal_lm") is causal_lm.KIND
+    config = default_config()
+    assert config.causal_lm.max_length == 256 and config.causal_lm.train_file == ""
+
+
+def test_prompt_completion_and_messages_lines_tokenize_with_a_completion_mask(tokenizer, tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [
+        {"prompt": "Q: a b", "completion": "yes"},
+        {"messages": [{"role": "user", "content": "c d"}, {"role": "assistant", "content": "no"}]},
+    ])
+    examples = causal_lm.read_examples(path, tokenizer)
+    assert examples == [("Q: a b", "yes"), ("Q: c d A: ", "no")]
+    data = causal_lm.tokenize_examples(examples, tokenizer, max_length=16)
+    first = data.token_ids[data.offsets[0]:data.offsets[1]].tolist()
+    assert [WORDS[i] for i in first] == ["<bos>", "Q:", "a", "b", "yes", "<eos>"]
+    assert data.type_ids[data.offsets[0]:data.offsets[1]].tolist() == [0, 0, 0, 0, 1, 1]
+
+
+def test_completion_loss_equals_hand_computed_masked_cross_entropy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 5, 11)).astype(np.float32)
+    ids = rng.integers(0, 11, size=(3, 5))
+    types = np.array([[0, 0, 1, 1, 1], [0, 1, 1, 0, 0], [0, 0, 0, 1, 1]])
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    example_mask = np.array([1.0, 1.0, 0.0])  # the last row is a dummy
+    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "example_mask": example_mask}
+    total, count = 0.0, 0
+    for b in range(3):
+        for t in range(4):  # position t predicts token t+1
+            if types[b, t + 1] and mask[b, t + 1] and example_mask[b]:
+                row = logits[b, t].astype(np.float64)
+                total += np.log(np.exp(row - row.max()).sum()) + row.max() - row[ids[b, t + 1]]
+                count += 1
+    got = float(causal_lm.completion_loss(jnp.asarray(logits), {k: jnp.asarray(v) for k, v in batch.items()}))
+    assert count == 5
+    np.testing.assert_allclose(got, total / count, rtol=1e-6)
+
+
+def test_exact_match_is_greedy_generation_reproducing_the_completion():
+    module, params = jm.from_config(jm.tiny_config("llama", initializer_range=0.1))
+    prompts = [[1, 5, 7, 9], [1, 11, 12, 13, 14, 15]]
+    greedy = [np.asarray(jm.generate(module, params, np.array([p]), max_new_tokens=4))[0].tolist() for p in prompts]
+    completions = [greedy[0], greedy[1][:3] + [(greedy[1][3] + 1) % 99]]  # the second differs in its last token
+    tokens = [p + c for p, c in zip(prompts, completions)]
+    data = jdata.TokenizedDataset(
+        token_ids=np.concatenate(tokens).astype(np.int32),
+        type_ids=np.concatenate([[0] * len(p) + [1] * len(c) for p, c in zip(prompts, completions)]).astype(np.int8),
+        offsets=np.cumsum([0] + [len(t) for t in tokens]), labels=np.zeros(2, np.int32), idx=np.arange(2),
+        pad_id=0, max_length=16,
+    )
+    task = causal_lm.CausalLM(train_file="unused", max_length=16)
+    outputs = np.zeros((2, 3))
+    for batch, rows in task.eval_batches(data, batch_size=4):
+        logits = module.apply({"params": params}, batch["input_ids"], batch["attention_mask"])
+        outputs[rows] = np.asarray(task.eval_outputs(logits, {k: jnp.asarray(v) for k, v in batch.items()}))[: len(rows)]
+    assert outputs[:, 2].tolist() == [1.0, 0.0]
+    assert outputs[:, 1].tolist() == [4.0, 4.0]
+    metrics = task.metrics(outputs, data)
+    assert metrics["exact_match"] == 0.5
+    np.testing.assert_allclose(metrics["perplexity"], np.exp(outputs[:, 0].sum() / 8), rtol=1e-6)
+
+
+def test_a_bad_line_names_the_file_and_line(tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "completion": "b"}, {"text": "c"}])
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 2 has neither string 'prompt' and 'completion'"):
+        causal_lm.read_examples(path)
+    path = write_jsonl(tmp_path / "broken.jsonl", ["{not json"])
+    with pytest.raises(ValueError, match=r"broken.jsonl, line 1 is not valid JSON"):
+        causal_lm.read_examples(path)
+
+
+def test_messages_with_a_tokenizer_without_template_say_so(tokenizer, tmp_path):
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "a"},
+                                                               {"role": "assistant", "content": "b"}]}])
+    plain = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer, eos_token="<eos>")
+    with pytest.raises(ValueError, match=r"chat.jsonl, line 1 holds 'messages', but the tokenizer has no chat template"):
+        causal_lm.read_examples(path, plain)
+
+
+def test_too_long_examples_are_counted_and_left_out_never_cut(tokenizer):
+    examples = [("Q: a", "yes"), ("Q: a b c d a b c d", "no"), ("Q: b", "a b c d a b c d")]
+    with pytest.warns(UserWarning, match=r"2 of 3 examples are longer than max_length=8 tokens"):
+        data = causal_lm.tokenize_examples(examples, tokenizer, max_length=8, name="train.jsonl")
+    assert data.num_examples == 1 and data.idx.tolist() == [0]
+
+
+def test_train_py_loop_runs_a_causal_lm_task(tokenizer, tmp_path):
+    """The same loop as GLUE: two LoRA steps on a tiny Llama, evaluation by loss, perplexity, exact match."""
+    from jaxlora.training import default_config, train
+
+    folder = tmp_path / "tiny_llama"
+    module, params = jm.from_config(jm.tiny_config("llama"), task="causal_lm")
+    jm.save_pretrained(module, params, str(folder))
+    tokenizer.save_pretrained(str(folder))
+    rows = [{"prompt": f"Q: {a} {b}", "completion": "yes" if a == b else "no"} for a in "abcd" for b in "abcd"]
+    train_file = write_jsonl(tmp_path / "train.jsonl", rows)
+    config = default_config()
+    config.task = "causal_lm"
+    config.model = str(folder)
+    config.causal_lm.train_file = train_file
+    config.causal_lm.max_length = 16
+    config.lora.targets = ("q_proj", "v_proj")
+    config.lora.trainable = ()  # no head to train: the LM head is the frozen (or tied) embedding
+    config.batch_size = 4
+    config.eval_batch_size = 8
+    config.max_steps = 2
+    config.eval_every = 2
+    config.log_every = 1
+    config.progress_bar = False
+    config.plot = False
+    results = train(config, str(tmp_path / "run"))
+    assert results["task"] == "causal_lm"
+    text = json.dumps(results)
+    assert "exact_match" in text and "perplexity" in text
