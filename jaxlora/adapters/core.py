@@ -30,11 +30,14 @@ Example::
     cfg = jaxlora.AdapterConfig("lora", rank=8, alpha=16, targets=("query", "value"))
     adapter = jaxlora.init(jax.random.key(0), frozen, cfg)
 
-    def loss_fn(trainable):
-        params = jaxlora.apply(frozen, adapter._replace(trainable=trainable), cfg)
-        return loss(model.apply({"params": params}, batch))
+    @jax.jit
+    def grads_fn(trainable, frozen):   # frozen an argument: closed over, jit would bake it in as constants
+        def loss_fn(trainable):
+            params = jaxlora.apply(frozen, adapter._replace(trainable=trainable), cfg)
+            return loss(model.apply({"params": params}, batch))
+        return jax.grad(loss_fn)(trainable)
 
-    grads = jax.grad(loss_fn)(adapter.trainable)
+    grads = grads_fn(adapter.trainable, frozen)
 """
 
 from __future__ import annotations

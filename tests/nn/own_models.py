@@ -27,11 +27,15 @@ class LinenBlock(nn.Module):
         return x + nn.Dense(D, name="fc2")(h)
 
 
-class LinenModel(nn.Module):
+class LinenStack(nn.Module):
+    """``BLOCKS`` blocks named ``layers_<i>`` and a classifier head."""
+
+    block: type
+
     @nn.compact
     def __call__(self, x):
         for i in range(BLOCKS):
-            x = LinenBlock(name=f"layers_{i}")(x)
+            x = self.block(name=f"layers_{i}")(x)
         return nn.Dense(2, name="classifier")(x.mean(axis=1))
 
 
@@ -49,12 +53,12 @@ class EinsumBlock(nn.Module):
         return x + nn.Einsum((2 * D, D), "btf,fd->btd", name="fc2")(h)
 
 
-class EinsumModel(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        for i in range(BLOCKS):
-            x = EinsumBlock(name=f"layers_{i}")(x)
-        return nn.Dense(2, name="classifier")(x.mean(axis=1))
+def LinenModel():  # noqa: N802  (reads as a model class at call sites)
+    return LinenStack(LinenBlock)
+
+
+def EinsumModel():  # noqa: N802
+    return LinenStack(EinsumBlock)
 
 
 class NNXBlock(nnx.Module):
@@ -92,7 +96,7 @@ class OwnModel:
         if kind == "nnx":
             self.graphdef, self.frozen = jaxlora.nnx.split(NNXModel(nnx.Rngs(0)))
         else:
-            self.module = {"linen": LinenModel, "einsum": EinsumModel}[kind]()
+            self.module = LinenStack({"linen": LinenBlock, "einsum": EinsumBlock}[kind])
             self.frozen = self.module.init(jax.random.key(0), x)["params"]
             if kind == "einsum":
                 self.kernel_axes = jaxlora.kernel_axes(self.module.init, jax.random.key(0), x)
