@@ -23,7 +23,10 @@ reported (a warning naming the file) and the run goes on with the rest.
   argmaxes is the gold token. Metrics: ``loss``, ``perplexity`` and ``exact_match``.
 
 Options (``config.causal_lm``): ``train_file``, ``validation_file``, ``test_file`` (JSONL paths),
-``max_length``, ``min_bucket``.
+``max_length``, ``min_bucket``, ``max_eval_examples``; or, instead of files, ``glue_task = "sst2"``
+(with ``glue_dir``): the CondLoRA protocol's SST-2 splits, each sentence rendered as an instruction
+(:data:`INSTRUCTIONS`, through the chat template when the tokenizer has one) whose completion is the
+label word, so ``exact_match`` is the accuracy of the generated answers.
 
 >>> import json, pathlib, tempfile
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "train.jsonl"
@@ -49,7 +52,14 @@ import optax
 from jaxlora import data as jdata
 from jaxlora.tasks import base
 
-__all__ = ["CausalLM", "completion_loss", "read_examples", "tokenize_examples", "KIND"]
+__all__ = ["CausalLM", "INSTRUCTIONS", "completion_loss", "glue_examples", "read_examples", "tokenize_examples",
+           "KIND"]
+
+# GLUE tasks as instructions: the prompt around each sentence and the answer word of each label.
+INSTRUCTIONS = {
+    "sst2": ("Is the sentiment of this movie review positive or negative? Answer with one word.\n\n{}",
+             ("negative", "positive")),
+}
 
 
 def read_examples(path: str, tokenizer: Any = None) -> list[tuple[str, str]]:
@@ -102,6 +112,30 @@ def _render_messages(messages: list, tokenizer: Any, where: str) -> tuple[str, s
         raise ValueError(f"{where}: the last message (the completion) needs a string 'content'.")
     prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
     return prompt, last["content"]
+
+
+def glue_examples(split, task: str, tokenizer: Any = None) -> list[tuple[str, str]]:
+    """``(prompt, completion)`` pairs of a GLUE split rendered as instructions (:data:`INSTRUCTIONS`).
+
+    >>> from jaxlora.data.readers import Split
+    >>> prompt, answer = glue_examples(Split(["a fine film"], None, np.array([1]), np.arange(1)), "sst2")[0]
+    >>> prompt.splitlines()[-1], answer   # without a chat template: a plain prompt, the word after a space
+    ('Answer:', ' positive')
+    """
+    if task not in INSTRUCTIONS:
+        raise ValueError(f"glue_task={task!r} has no instruction form; known: {sorted(INSTRUCTIONS)}.")
+    template, words = INSTRUCTIONS[task]
+    examples = []
+    for text, label in zip(split.texts_a, np.asarray(split.labels)):
+        prompt = template.format(text.strip())
+        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+            prompt = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+        else:
+            prompt = f"{prompt}\nAnswer:"
+        examples.append((prompt, (" " if not getattr(tokenizer, "chat_template", None) else "") + words[int(label)]))
+    return examples
 
 
 def tokenize_examples(
@@ -184,6 +218,9 @@ class CausalLM:
     test_file: str = ""
     max_length: int = 256
     min_bucket: int = 16
+    max_eval_examples: int = -1  # > 0: evaluate on the first this many validation examples
+    glue_task: str = ""
+    glue_dir: str = ""
 
     name = "causal_lm"
     display_name = "causal LM"
@@ -198,6 +235,8 @@ class CausalLM:
             train_file=options.train_file, validation_file=options.validation_file or options.train_file,
             test_file=options.test_file or options.validation_file or options.train_file,
             max_length=int(options.max_length), min_bucket=min(int(options.min_bucket), int(options.max_length)),
+            max_eval_examples=int(options.max_eval_examples), glue_task=options.glue_task,
+            glue_dir=options.glue_dir or config.data_dir or "",
         )
 
     @property
@@ -208,13 +247,23 @@ class CausalLM:
         return {"task": "causal_lm"}
 
     def load(self, tokenizer: Any) -> base.TaskData:
-        if not self.train_file:
-            raise ValueError("config.causal_lm.train_file is empty: name a JSONL file of prompt/completion lines.")
-        return base.TaskData(*(
-            tokenize_examples(read_examples(path, tokenizer), tokenizer, self.max_length, name=path)
-            for path in (self.train_file, self.validation_file or self.train_file,
-                         self.test_file or self.validation_file or self.train_file)
-        ))
+        if self.glue_task:
+            splits = jdata.protocol_splits(self.glue_task, data_dir=self.glue_dir or None,
+                                           source="local" if self.glue_dir else "hub")
+            named = [(f"{self.glue_task}-{name}", glue_examples(split, self.glue_task, tokenizer))
+                     for name, split in zip(("train", "validation", "test"), splits)]
+        elif not self.train_file:
+            raise ValueError("config.causal_lm.train_file is empty: name a JSONL file of prompt/completion lines "
+                             "(or set config.causal_lm.glue_task).")
+        else:
+            paths = (self.train_file, self.validation_file or self.train_file,
+                     self.test_file or self.validation_file or self.train_file)
+            named = [(path, read_examples(path, tokenizer)) for path in paths]
+        train, validation, test = (tokenize_examples(examples, tokenizer, self.max_length, name=name)
+                                   for name, examples in named)
+        if 0 < self.max_eval_examples < validation.num_examples:
+            validation = jdata.select(validation, np.arange(self.max_eval_examples))
+        return base.TaskData(train, validation, test)
 
     def steps_per_epoch(self, data: jdata.TokenizedDataset, batch_size: int) -> int:
         return jdata.steps_per_epoch(data.num_examples, batch_size)
@@ -262,6 +311,9 @@ def _options() -> ml_collections.ConfigDict:
     options.test_file = ""  # empty: the validation file
     options.max_length = 256
     options.min_bucket = 16
+    options.max_eval_examples = -1
+    options.glue_task = ""  # "sst2": GLUE sentences as instructions instead of JSONL files
+    options.glue_dir = ""  # empty: config.data_dir
     return options
 
 

