@@ -21,7 +21,7 @@
 # updates from 2 x 2 small matrices instead of 24 x 2. This notebook runs the paper's protocol
 # (RoBERTa-base from the Hugging Face Hub, rank 8, alpha 8, query and value, batch 16, the paper's
 # SST-2 learning rate, linear warmup 10% and decay, the best validation checkpoint tested on GLUE
-# dev) with `jaxlora.training.train`, on a data-parallel mesh over every device `jax.devices()`
+# dev; capped at `MAX_STEPS`, set it to -1 for the paper's 60 epochs) with `jaxlora.training.train`, on a data-parallel mesh over every device `jax.devices()`
 # returns, with the frozen weights in bfloat16. It ends with the learning curves, the test
 # accuracy, the trainable parameters against plain LoRA, and the adapter exported in PEFT's format.
 #
@@ -60,14 +60,15 @@ if SMOKE:  # minutes on a CPU: MiniLM, short sequences, 12 steps; float32, as XL
 print(f"{MODEL} on {TASK}: batch {BATCH_SIZE}, max length {MAX_LENGTH}, {DTYPE} frozen weights"
       + (" (SMOKE run)" if SMOKE else ""))
 
+# %% [markdown]
+# The devices JAX found: this notebook runs on every TPU core (8 on a v2-8 or v3-8 runtime).
+
 # %%
 import jax
 
-devices = jax.devices()
-print(f"{len(devices)} {jax.default_backend()} device(s): {devices[0].device_kind}")
+print(f"{jax.device_count()} {jax.default_backend()} device(s): {jax.devices()[0].device_kind}")
 if jax.default_backend() != "tpu":
-    print("No TPU found: in Colab choose Runtime > Change runtime type > TPU, then rerun; this run goes on "
-          f"{jax.default_backend().upper()}.")
+    print("No TPU found: in Colab choose Runtime > Change runtime type > TPU, then rerun (this run goes on, slower).")
 
 # %% [markdown]
 # ## Model and data: the Hub, or the offline presets

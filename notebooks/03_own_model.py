@@ -47,14 +47,15 @@ if SMOKE:
 print(f"width {WIDTH}, {HEADS} heads, {DEPTH} blocks, {TOKENS} tokens; LoRA rank {RANK}, {STEPS} steps"
       + (" (SMOKE run)" if SMOKE else ""))
 
+# %% [markdown]
+# The devices JAX found: this notebook splits the batch over every device.
+
 # %%
 import jax
 
-devices = jax.devices()
-print(f"{len(devices)} {jax.default_backend()} device(s): {devices[0].device_kind}")
+print(f"{jax.device_count()} {jax.default_backend()} device(s): {jax.devices()[0].device_kind}")
 if jax.default_backend() != "tpu":
-    print("No TPU found: in Colab choose Runtime > Change runtime type > TPU, then rerun; this run goes on "
-          f"{jax.default_backend().upper()}.")
+    print("No TPU found: in Colab choose Runtime > Change runtime type > TPU, then rerun (this run goes on, slower).")
 
 # %% [markdown]
 # ## Your model: stock NNX layers
@@ -150,7 +151,7 @@ opt_state, losses = optimizer.init(trainable), []
 for index in range(STEPS):
     trainable, opt_state, loss = step(trainable, opt_state, frozen, teacher, jax.random.key(100 + index))
     losses.append(float(loss))
-print(f"MSE to the teacher {losses[0]:.3e} -> {losses[-1]:.3e} after {STEPS} steps on {len(devices)} device(s)")
+print(f"MSE to the teacher {losses[0]:.3e} -> {losses[-1]:.3e} after {STEPS} steps on {jax.device_count()} device(s)")
 
 # %%
 import matplotlib.pyplot as plt

@@ -53,13 +53,15 @@ if SMOKE:
 print(f"D={WIDTH}, L={FROZEN_DEPTH}, ranks {RANKS}, {SEEDS} seed(s), {STEPS} Adam steps of batch {BATCH}"
       + (" (SMOKE run)" if SMOKE else ""))
 
+# %% [markdown]
+# The devices JAX found: this notebook needs no TPU: the models are tiny.
+
 # %%
 import jax
 
-devices = jax.devices()
-print(f"{len(devices)} {jax.default_backend()} device(s): {devices[0].device_kind}")
+print(f"{jax.device_count()} {jax.default_backend()} device(s): {jax.devices()[0].device_kind}")
 if jax.default_backend() != "tpu":
-    print("No TPU found: in Colab choose Runtime > Change runtime type > TPU; this notebook also runs on CPU/GPU.")
+    print("No TPU found: in Colab choose Runtime > Change runtime type > TPU, then rerun (this run goes on, slower).")
 
 # %% [markdown]
 # ## The models
