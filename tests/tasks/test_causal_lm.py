@@ -127,23 +127,24 @@ def test_too_long_examples_are_counted_and_left_out_never_cut(tokenizer):
     assert data.num_examples == 1 and data.idx.tolist() == [0]
 
 
-def test_train_py_loop_runs_a_causal_lm_task(tokenizer, tmp_path):
-    """The same loop as GLUE: two LoRA steps on a tiny Llama, evaluation by loss, perplexity, exact match."""
-    from jaxlora.training import default_config, train
+def causal_config(tokenizer, folder, **overrides):
+    """A tiny causal-LM run: a 2-layer Llama saved in ``folder`` with the word tokenizer, 16 JSONL examples."""
+    from jaxlora.training import default_config
 
-    folder = tmp_path / "tiny_llama"
-    module, params = jm.from_config(jm.tiny_config("llama"), task="causal_lm")
-    jm.save_pretrained(module, params, str(folder))
-    tokenizer.save_pretrained(str(folder))
-    rows = [{"prompt": f"Q: {a} {b}", "completion": "yes" if a == b else "no"} for a in "abcd" for b in "abcd"]
-    train_file = write_jsonl(tmp_path / "train.jsonl", rows)
+    model = folder / "tiny_llama"
+    if not model.exists():
+        module, params = jm.from_config(jm.tiny_config("llama"), task="causal_lm")
+        jm.save_pretrained(module, params, str(model))
+        tokenizer.save_pretrained(str(model))
+        rows = [{"prompt": f"Q: {a} {b}", "completion": "yes" if a == b else "no"} for a in "abcd" for b in "abcd"]
+        write_jsonl(folder / "train.jsonl", rows)
     config = default_config()
     config.task = "causal_lm"
-    config.model = str(folder)
-    config.causal_lm.train_file = train_file
+    config.model = str(model)
+    config.causal_lm.train_file = str(folder / "train.jsonl")
     config.causal_lm.max_length = 16
     config.lora.targets = ("q_proj", "v_proj")
-    config.lora.trainable = ()  # no head to train: the LM head is the frozen (or tied) embedding
+    config.lora.trainable = ()  # no head to train: the LM head is frozen
     config.batch_size = 4
     config.eval_batch_size = 8
     config.max_steps = 2
@@ -151,10 +152,56 @@ def test_train_py_loop_runs_a_causal_lm_task(tokenizer, tmp_path):
     config.log_every = 1
     config.progress_bar = False
     config.plot = False
-    results = train(config, str(tmp_path / "run"))
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
+
+
+def test_train_py_loop_runs_a_causal_lm_task(tokenizer, tmp_path):
+    """The same loop as GLUE: two LoRA steps on a tiny Llama, evaluation by loss, perplexity, exact match."""
+    from jaxlora.training import train
+
+    results = train(causal_config(tokenizer, tmp_path), str(tmp_path / "run"))
     assert results["task"] == "causal_lm"
     text = json.dumps(results)
     assert "exact_match" in text and "perplexity" in text
+
+
+def test_a_causal_lm_run_resumes_exactly(tokenizer, tmp_path):
+    import orbax.checkpoint as ocp
+
+    from jaxlora.training import train
+
+    overrides = {"max_steps": 4, "eval_every": 2, "lora.dropout": 0.1}
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(causal_config(tokenizer, tmp_path, **overrides), str(straight))
+
+    def ctrl_c_at_step_3(step):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(causal_config(tokenizer, tmp_path, **overrides), str(resumed), hooks=[ctrl_c_at_step_3])
+    assert not (resumed / "checkpoints" / "4").exists()
+    assert train(causal_config(tokenizer, tmp_path, **overrides), str(resumed))["steps"] == 4
+
+    def state(workdir):
+        return jax.tree.map(np.asarray, ocp.StandardCheckpointer().restore(workdir / "checkpoints" / "4" / "state"))
+
+    def losses(workdir):
+        records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in records if r["split"] == "train"}
+
+    a, b = state(straight), state(resumed)
+    for name in ("trainable", "opt_state", "step", "rng"):
+        for x, y in zip(jax.tree.leaves(a[name]), jax.tree.leaves(b[name])):
+            np.testing.assert_allclose(x, y, rtol=0, atol=1e-6, err_msg=name)
+    assert losses(straight) == pytest.approx(losses(resumed), rel=1e-6)
+    assert sorted(losses(resumed)) == [1, 2, 3, 4]
 
 
 def test_sst2_sentences_become_instructions_answered_by_the_label_word(tokenizer, tmp_path):
