@@ -220,14 +220,13 @@ def plot_similarity_heatmaps(panels: Mapping[str, np.ndarray], path: str, layer_
       >>> os.path.exists(out)
       True
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure draws with Agg and leaves pyplot's backend alone (a notebook keeps plotting inline).
+    from matplotlib.figure import Figure
 
     if not panels:
         raise ValueError("plot_similarity_heatmaps needs at least one panel.")
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.8, 3.6), squeeze=False)
+    fig = Figure(figsize=(3.6 * len(panels) + 0.8, 3.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     image = None
     for axis, (name, matrix) in zip(axes[0], panels.items()):
         matrix = np.asarray(matrix)
@@ -242,7 +241,6 @@ def plot_similarity_heatmaps(panels: Mapping[str, np.ndarray], path: str, layer_
     if title:
         fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 

@@ -202,13 +202,13 @@ def plot_learning_curves(
     if not train and not valid:
         return False
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # A bare Figure draws with Agg without touching pyplot's global backend, so a notebook that
+        # called train() still shows its own plots inline.
+        from matplotlib.figure import Figure
     except ImportError:
         return False
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    left, right = fig.subplots(1, 2)
     if train:
         left.plot(*zip(*train), lw=1)
     left.set_xlabel("step")
@@ -223,7 +223,6 @@ def plot_learning_curves(
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(os.fspath(png_path), dpi=100)
-    plt.close(fig)
     return True
 
 
