@@ -58,16 +58,6 @@ WEIGHTS_FILE_BIN = "adapter_model.bin"
 README_FILE = "README.md"
 KEY_PREFIX = "base_model.model."
 
-# jaxlora task -> PEFT task_type.
-TASK_TYPES = {
-    "sequence_classification": "SEQ_CLS",
-    "regression": "SEQ_CLS",
-    "causal_lm": "CAUSAL_LM",
-    "base": "FEATURE_EXTRACTION",
-}
-# Heads PEFT wraps whole for SEQ_CLS, whatever modules_to_save says.
-SEQ_CLS_HEADS = ("classifier", "score")
-
 # PEFT LoraConfig fields and the values jaxlora can honour; anything else is an error naming the field.
 _MUST_EQUAL = {
     "peft_type": "LORA",
@@ -97,22 +87,31 @@ _IGNORED = {
 
 
 class _Names(NamedTuple):
-    """HF names of a model's parameters: module name -> our module path, param key -> our leaf path."""
+    """HF names of a model's parameters: module name -> our module path, param key -> our leaf path.
+
+    ``prefix`` (the backbone attribute in HF task models), ``task_type`` (PEFT's, for the module's
+    task) and ``seq_cls_head`` (the head PEFT's SEQ_CLS trains whole, or ``None`` for other task
+    types) come from the model's family record.
+    """
 
     family: str
     modules: dict[str, Path]  # linear modules (kernel owners) only
     params: dict[str, Path]
-    prefix: str  # backbone attribute in HF task models ("bert", "roberta", "model")
+    prefix: str
+    task_type: str | None
+    seq_cls_head: str | None
 
 
 def _names(module, frozen: Mapping) -> _Names:
-    from jaxlora.models import BACKBONE_PREFIX, family_of, hf_module_name, hf_param_name
+    from jaxlora.models import get_family, hf_module_name, hf_param_name
 
-    family = family_of(module)
+    family = get_family(module)
     flat = flatten(frozen)
-    modules = {hf_module_name(family, path): path for path in linear_modules(flat)}
-    params = {hf_param_name(family, path): path for path in flat}
-    return _Names(family, modules, params, BACKBONE_PREFIX[family])
+    modules = {hf_module_name(family.name, path): path for path in linear_modules(flat)}
+    params = {hf_param_name(family.name, path): path for path in flat}
+    task_type = family.peft_task_types.get(module.spec.task)
+    seq_cls_head = family.classifier_head if task_type == "SEQ_CLS" else None
+    return _Names(family.name, modules, params, family.prefix, task_type, seq_cls_head)
 
 
 def _lookup(table: Mapping[str, Path], name: str, prefix: str) -> Path | None:
@@ -141,14 +140,14 @@ def _compact_target_names(targets: Mapping[Path, Any], names: _Names) -> list[st
     return short if hit == wanted else sorted(wanted)
 
 
-def _modules_to_save(full_leaves: list[Path], names: _Names, task: str) -> dict[str, Path]:
+def _modules_to_save(full_leaves: list[Path], names: _Names) -> dict[str, Path]:
     """HF module name -> our module path of every module PEFT must save whole."""
     from jaxlora.models import hf_module_name
 
     chosen: dict[str, Path] = {}
     for leaf in full_leaves:
         module_path = leaf[:-1]
-        if TASK_TYPES.get(task) == "SEQ_CLS" and module_path and module_path[0] in SEQ_CLS_HEADS:
+        if module_path and module_path[0] == names.seq_cls_head:
             module_path = module_path[:1]
         chosen[hf_module_name(names.family, module_path)] = module_path
     # A module inside another saved module is saved with it.
@@ -165,15 +164,14 @@ def peft_state_dict(module, frozen: Mapping, adapter: Adapter, config: AdapterCo
     from jaxlora.models import hf_param_name
 
     names = _names(module, frozen)
-    task = module.spec.task
     flat = flatten(frozen)
     targets = find_targets(flat, config)
-    if TASK_TYPES.get(task) == "SEQ_CLS":
-        in_head = sorted(join(p) for p in targets if p[0] in SEQ_CLS_HEADS)
+    if names.seq_cls_head is not None:
+        in_head = sorted(join(p) for p in targets if p[0] == names.seq_cls_head)
         if in_head:
             raise ValueError(
                 f"Cannot export to PEFT: the adapter adapts {in_head} inside the classification head, but PEFT's "
-                f"SEQ_CLS task always trains {list(SEQ_CLS_HEADS)} in full and never adapts inside them. Exclude the "
+                f"SEQ_CLS task always trains {names.seq_cls_head!r} in full and never adapts inside it. Exclude the "
                 f"head from the targets (exclude=('classifier',)) and train it in full (trainable=('classifier',))."
             )
     factors = to_lora_factors(frozen, adapter, config)
@@ -199,7 +197,7 @@ def peft_state_dict(module, frozen: Mapping, adapter: Adapter, config: AdapterCo
         tensors[f"{KEY_PREFIX}{hf_name}.lora_B.weight"] = np.ascontiguousarray(b.T)
 
     full_leaves = sorted(flatten(adapter.trainable.get("full", {})))
-    saved_modules = _modules_to_save(full_leaves, names, task)
+    saved_modules = _modules_to_save(full_leaves, names)
     clash = sorted(n for n, p in saved_modules.items() if any(t[: len(p)] == p for t in targets))
     if clash:
         raise ValueError(
@@ -217,7 +215,7 @@ def peft_state_dict(module, frozen: Mapping, adapter: Adapter, config: AdapterCo
 
     peft_config = {
         "peft_type": "LORA",
-        "task_type": TASK_TYPES.get(task),
+        "task_type": names.task_type,
         "r": r,
         "lora_alpha": alpha,
         "use_rslora": bool(config.rslora),

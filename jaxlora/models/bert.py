@@ -20,11 +20,13 @@ Parameter tree of a sequence classifier (``prefix`` is ``"bert"`` or
 so an adapter target ``"query"`` or ``"attention/output/dense"`` reads like PEFT's.
 Every linear layer is :class:`jaxlora.nn.Dense`, so factored adapters run inside.
 
-Example::
-
-    config = jaxlora.models.tiny_config("bert")
-    module, params = jaxlora.models.from_config(config, task="sequence_classification")
-    logits = module.apply({"params": params}, input_ids, attention_mask)
+>>> import jaxlora.models as jm
+>>> module, params = jm.from_config(jm.tiny_config("roberta"), task="sequence_classification")
+>>> sorted(params["classifier"]), "pooler" in params["roberta"]
+(['dense', 'out_proj'], False)
+>>> ids = jnp.array([[0, 5, 6, 2, 1]])
+>>> module.apply({"params": params}, ids, (ids != 1).astype(jnp.int32)).shape
+(1, 2)
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlora.models import layers
+from jaxlora.models.family import HFType, InsertedLevel, ModelFamily, build_from_spec, get_family, register_family
 
 Array = jax.Array
 
@@ -74,8 +77,8 @@ class EncoderSpec:
 
     @property
     def prefix(self) -> str:
-        """Attribute name of the backbone inside the HF task model."""
-        return "roberta" if self.family == "roberta" else "bert"
+        """Attribute name of the backbone inside the HF task model (the family record's)."""
+        return get_family(self.family).prefix
 
     @property
     def has_pooler(self) -> bool:
@@ -86,7 +89,10 @@ class EncoderSpec:
     def from_hf(cls, config, family: str, task: str, num_labels: int, dtype, param_dtype) -> "EncoderSpec":
         """Read the fields from a transformers ``BertConfig``/``RobertaConfig``.
 
-        >>> spec = EncoderSpec.from_hf(BertConfig(), "bert", "base", 2, jnp.float32, jnp.float32)
+        >>> from jaxlora.models.hf_config import HFConfig
+        >>> spec = EncoderSpec.from_hf(HFConfig.from_dict({"model_type": "bert"}), "bert", "base", 2, jnp.float32, jnp.float32)
+        >>> spec.hidden_size, spec.num_layers, spec.prefix, spec.has_pooler
+        (768, 12, 'bert', True)
         """
         if task not in TASKS:
             raise ValueError(f"task={task!r} is not supported for {family}; choose one of {TASKS}.")
@@ -334,8 +340,69 @@ class EncoderBase(nn.Module):
 def build(spec: EncoderSpec, config=None) -> nn.Module:
     """The Linen module for ``spec.task``.
 
-    >>> module = build(EncoderSpec.from_hf(cfg, "bert", "sequence_classification", 2, jnp.float32, jnp.float32))
+    >>> from jaxlora.models.testing import tiny_config
+    >>> spec = EncoderSpec.from_hf(tiny_config("bert"), "bert", "sequence_classification", 2, jnp.float32, jnp.float32)
+    >>> type(build(spec)).__name__, type(build(dataclasses.replace(spec, task="base"))).__name__
+    ('EncoderClassifier', 'EncoderBase')
     """
     if spec.task == "base":
         return EncoderBase(spec, config=config)
     return EncoderClassifier(spec, config=config)
+
+
+# The class defaults of transformers 5's BertConfig; RoBERTa's and XLM-R's differ in the special tokens.
+_CONFIG_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 30522,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+    "use_cache": True,
+    "classifier_dropout": None,
+    "is_decoder": False,
+    "add_cross_attention": False,
+    "bos_token_id": None,
+    "eos_token_id": None,
+    "tie_word_embeddings": True,
+}
+_ROBERTA_TOKENS = dict(pad_token_id=1, bos_token_id=0, eos_token_id=2)
+
+# What BERT and RoBERTa share: the modules above, the inputs, the names, the heads, PEFT's tasks.
+_ENCODER_FAMILY = dict(
+    tasks=TASKS,
+    default_task="sequence_classification",
+    build=build_from_spec(EncoderSpec, build),
+    input_names=("input_ids", "attention_mask", "token_type_ids"),
+    embedding_modules=("word_embeddings", "position_embeddings", "token_type_embeddings"),
+    inserted_levels=(InsertedLevel("attention", "self", ("query", "key", "value")),),
+    head_names=("classifier", "pooler"),
+    classifier_head="classifier",
+    peft_task_types={"sequence_classification": "SEQ_CLS", "regression": "SEQ_CLS", "base": "FEATURE_EXTRACTION"},
+)
+
+BERT = register_family(ModelFamily(
+    name="bert",
+    hf_types=(HFType("bert", "Bert", "BertTokenizer", _CONFIG_DEFAULTS),),
+    prefix="bert",
+    padded_embeddings=("word_embeddings",),
+    **_ENCODER_FAMILY,
+))
+
+ROBERTA = register_family(ModelFamily(
+    name="roberta",
+    hf_types=(
+        HFType("roberta", "Roberta", "RobertaTokenizer", dict(_CONFIG_DEFAULTS, vocab_size=50265, **_ROBERTA_TOKENS)),
+        HFType("xlm-roberta", "XLMRoberta", "XLMRobertaTokenizer", dict(_CONFIG_DEFAULTS, **_ROBERTA_TOKENS)),
+    ),
+    prefix="roberta",
+    padded_embeddings=("word_embeddings", "position_embeddings"),
+    **_ENCODER_FAMILY,
+))

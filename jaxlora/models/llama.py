@@ -27,11 +27,11 @@ the slots up to its own; ``attention_mask`` then covers all ``slots``
 (1 for a real token, 0 for padding; future slots are hidden by causality), so
 every decode step has the same shapes. :func:`jaxlora.models.generate` drives it.
 
-Example::
-
-    config = jaxlora.models.tiny_config("llama")
-    module, params = jaxlora.models.from_config(config, task="causal_lm")
-    logits = module.apply({"params": params}, input_ids, attention_mask)   # (batch, length, vocab)
+>>> import jaxlora.models as jm
+>>> module, params = jm.from_config(jm.tiny_config("llama"), task="causal_lm")
+>>> ids = jnp.array([[1, 5, 6, 7]])
+>>> module.apply({"params": params}, ids, jnp.ones_like(ids)).shape   # (batch, length, vocab)
+(1, 4, 99)
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlora.models import layers
+from jaxlora.models.family import HFType, ModelFamily, build_from_spec, register_family
 
 Array = jax.Array
 
@@ -60,8 +61,11 @@ def rope_settings(config) -> dict:
     (``rope_type``, ``rope_theta``, ``factor``, ...); 4.x wrote ``rope_theta``
     and a ``rope_scaling`` dict whose type key was ``type`` or ``rope_type``.
 
-    >>> rope_settings(LlamaConfig(rope_theta=500000.0))["rope_theta"]
+    >>> from jaxlora.models.hf_config import HFConfig
+    >>> rope_settings(HFConfig.from_dict({"model_type": "llama", "rope_theta": 500000.0}))["rope_theta"]
     500000.0
+    >>> rope_settings(HFConfig.from_dict({"model_type": "llama", "rope_scaling": {"type": "linear", "factor": 2.0}}))
+    {'rope_type': 'linear', 'rope_theta': 10000.0, 'factor': 2.0}
     """
     params = dict(getattr(config, "rope_parameters", None) or {})
     scaling = getattr(config, "rope_scaling", None)
@@ -199,7 +203,10 @@ class DecoderSpec:
     def from_hf(cls, config, family: str, task: str, num_labels: int, dtype, param_dtype) -> "DecoderSpec":
         """Read the fields from a ``LlamaConfig`` (or ``Qwen2Config``).
 
-        >>> spec = DecoderSpec.from_hf(LlamaConfig(), "llama", "causal_lm", 2, jnp.float32, jnp.float32)
+        >>> from jaxlora.models.hf_config import HFConfig
+        >>> spec = DecoderSpec.from_hf(HFConfig.from_dict({"model_type": "llama"}), "llama", "causal_lm", 2, jnp.float32, jnp.float32)
+        >>> spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.qkv_bias
+        (32, 32, 128, False)
         """
         if task not in TASKS:
             raise ValueError(f"task={task!r} is not supported for {family}; choose one of {TASKS}.")
@@ -452,3 +459,71 @@ def build(spec: DecoderSpec, config=None) -> nn.Module:
     if spec.task == "base":
         return DecoderBase(spec, config=config)
     return DecoderForTask(spec, config=config)
+
+
+def complete_config(model_type: str, fields: dict[str, Any]) -> None:
+    """Fields LlamaConfig / Qwen2Config compute from others when ``config.json`` leaves them out."""
+    if "num_attention_heads" not in fields:  # a model type with no class defaults: nothing to derive from
+        return
+    if fields.get("num_key_value_heads") is None:
+        fields["num_key_value_heads"] = fields["num_attention_heads"]
+    if "head_dim" in fields and fields["head_dim"] is None:  # LlamaConfig has the field, Qwen2Config not
+        fields["head_dim"] = fields["hidden_size"] // fields["num_attention_heads"]
+    if model_type == "qwen2":
+        if not fields["use_sliding_window"]:
+            fields["sliding_window"] = None
+        if fields["layer_types"] is None:
+            sliding = fields["sliding_window"] is not None
+            fields["layer_types"] = [
+                "sliding_attention" if sliding and i >= fields["max_window_layers"] else "full_attention"
+                for i in range(fields["num_hidden_layers"])
+            ]
+
+
+# Class defaults shared by transformers 5's LlamaConfig and Qwen2Config.
+_DECODER_DEFAULTS: dict[str, Any] = {
+    "hidden_act": "silu",
+    "initializer_range": 0.02,
+    "rms_norm_eps": 1e-6,
+    "use_cache": True,
+    "tie_word_embeddings": False,
+    "rope_parameters": None,
+    "attention_dropout": 0.0,
+}
+_LLAMA_DEFAULTS = dict(
+    _DECODER_DEFAULTS, vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+    num_attention_heads=32, num_key_value_heads=None, max_position_embeddings=2048, pad_token_id=None,
+    bos_token_id=1, eos_token_id=2, pretraining_tp=1, attention_bias=False, mlp_bias=False, head_dim=None,
+)
+_QWEN2_DEFAULTS = dict(
+    _DECODER_DEFAULTS, vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+    num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=32768, use_sliding_window=False,
+    sliding_window=4096, max_window_layers=28, layer_types=None, pad_token_id=None, bos_token_id=None,
+    eos_token_id=None,
+)
+
+# Qwen2 is a Llama with qkv biases (DecoderSpec.from_hf reads them from the model type): same
+# modules, names, inputs and heads, so it is one more model type of this family, not a family.
+# Llama's tokenizer is left to AutoTokenizer: it swaps LlamaTokenizer for a byte-level backend on
+# some checkpoints.
+LLAMA = register_family(ModelFamily(
+    name="llama",
+    hf_types=(
+        HFType("llama", "Llama", None, _LLAMA_DEFAULTS),
+        HFType("qwen2", "Qwen2", "Qwen2Tokenizer", _QWEN2_DEFAULTS),
+    ),
+    prefix="model",
+    tasks=TASKS,
+    default_task="causal_lm",
+    build=build_from_spec(DecoderSpec, build),
+    input_names=("input_ids", "attention_mask"),
+    embedding_modules=("embed_tokens",),
+    padded_embeddings=("embed_tokens",),
+    head_names=("lm_head", "score"),
+    classifier_head="score",
+    peft_task_types={
+        "causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS", "regression": "SEQ_CLS",
+        "base": "FEATURE_EXTRACTION",
+    },
+    complete_config=complete_config,
+))

@@ -90,19 +90,12 @@ def model_params(frozen: Mapping, trainable: Mapping, fixed: Mapping,
     return as_method(method).params(frozen, trainable, fixed)
 
 
-def _input_names(module) -> tuple[str, ...]:
-    # PROVISIONAL until the families record lands: models.get_family(module).input_names
-    if module.spec.family == "llama":
-        return ("input_ids", "attention_mask")
-    return ("input_ids", "attention_mask", "token_type_ids")
-
-
 def forward(module, params: Mapping, batch: Mapping, deterministic: bool, dropout_key: jax.Array | None = None):
     """``module.apply`` on the batch arrays the model's family takes (see the module docstring).
 
     An input the batch does not carry (a task without segment ids) is left to the model's default.
     """
-    inputs = {name: batch[name] for name in _input_names(module) if name in batch}
+    inputs = {name: batch[name] for name in models.get_family(module).input_names if name in batch}
     rngs = None if deterministic else {"dropout": dropout_key}
     return module.apply({"params": params}, **inputs, deterministic=deterministic, rngs=rngs)
 

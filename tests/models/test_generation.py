@@ -9,7 +9,7 @@ import pytest
 import jaxlora
 import jaxlora.models as jm
 from jaxlora.models import generation
-from tests.models.helpers import padded_batch, save_torch_reference
+from jaxlora.models.testing import padded_batch, save_torch_reference
 
 NEW_TOKENS = 32
 

@@ -11,7 +11,7 @@ import pytest
 
 import jaxlora.models as jm
 from jaxlora.models import gguf as jgguf
-from tests.models.helpers import padded_batch, torch_logits
+from jaxlora.models.testing import padded_batch, torch_logits
 
 Q = gguf.GGMLQuantizationType
 

@@ -102,7 +102,7 @@ def test_the_4x_llama3_file_gets_scaled_rope(folders):
 @pytest.mark.parametrize("num_labels,task", [(3, "sequence_classification"), (1, "regression"), (None, "base")])
 def test_task_settings_match_transformers(folders, num_labels, task):
     ours, theirs = read_config(folders["bert"]), _auto_config(folders["bert"])
-    ours, theirs = jm.registry._task_config(ours, task, num_labels), jm.registry._task_config(theirs, task, num_labels)
+    ours, theirs = jm.build.task_config(ours, task, num_labels), jm.build.task_config(theirs, task, num_labels)
     for key in ("id2label", "label2id", "problem_type"):
         assert getattr(ours, key) == getattr(theirs, key), key
     assert ours.num_labels == theirs.num_labels

@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 
 import jaxlora
 import jaxlora.models as jm
-from tests.models.helpers import padded_batch, save_torch_reference, torch_logits
+from jaxlora.models.testing import padded_batch, save_torch_reference, torch_logits
 
 TOL = 1e-5
 

@@ -13,7 +13,7 @@ import pytest
 import transformers
 
 import jaxlora.models as jm
-from tests.models.helpers import padded_batch, save_torch_reference, torch_logits
+from jaxlora.models.testing import padded_batch, save_torch_reference, torch_logits
 
 TOL = 1e-5
 
