@@ -40,6 +40,7 @@ import os
 from typing import Any, Mapping
 
 from jaxlora.models import family
+from jaxlora.util.files import write_json
 
 CONFIG_FILE = "config.json"
 
@@ -211,10 +212,8 @@ class HFConfig:
         dtype = content.get("dtype")
         if dtype is not None and not isinstance(dtype, str):
             content["dtype"] = str(dtype).split(".")[-1]  # a torch or numpy dtype set by the caller
-        os.makedirs(folder, exist_ok=True)
         path = os.path.join(os.fspath(folder), CONFIG_FILE)
-        with open(path, "w", encoding="utf-8") as file:
-            file.write(json.dumps(content, indent=2, sort_keys=True) + "\n")
+        write_json(path, content)
         return path
 
     def __eq__(self, other) -> bool:
