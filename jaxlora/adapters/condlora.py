@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxlora.adapters.base import AdaptedKernel, Variant, kaiming_uniform, register
+from jaxlora.adapters.base import AdaptedKernel, Variant, kaiming_uniform, path_rng, register
 
 
 @struct.dataclass
@@ -86,13 +86,14 @@ class CondLoRA(Variant):
     def init(self, rng, targets, config):
         self.check(targets, config)
         trainable = {}
-        for i, (group, variants) in enumerate(sorted(_group_shapes(targets).items())):
+        for group, variants in sorted(_group_shapes(targets).items()):
             ((d_in, d_out), rank, _), = variants
             square = d_in == d_out
             # theta_a acts on K's output side in the paper's form, phi_a in the extension.
             a_dim = d_in if square else d_out
+            # Keyed by the shared map's own path, (group,), so adding a module type leaves the others' init alone.
             trainable[(group,)] = {
-                "theta_a": kaiming_uniform(jax.random.fold_in(rng, i), (rank, a_dim), fan_in=a_dim),
+                "theta_a": kaiming_uniform(path_rng(rng, (group,)), (rank, a_dim), fan_in=a_dim),
                 "theta_b": jnp.zeros((rank, d_in), jnp.float32),
             }
         return trainable, {}

@@ -93,3 +93,12 @@ def test_one_group_must_share_shape_and_rank():
     frozen["roberta"]["encoder"]["layer_1"] = roberta_base_like(layers=1)["roberta"]["encoder"]["layer_0"]
     with pytest.raises(ValueError, match="differ in shape, rank or scale"):
         jaxlora.init(jax.random.key(0), frozen, cfg)
+
+
+def test_each_module_types_map_is_seeded_by_its_path():
+    # base.py's path_rng rule: adding a module type must not change the other types' init.
+    frozen = roberta_base_like(layers=1)
+    alone = jaxlora.init(jax.random.key(0), frozen, jaxlora.AdapterConfig("condlora", rank=4, targets=("value",)))
+    both = jaxlora.init(jax.random.key(0), frozen, jaxlora.AdapterConfig("condlora", rank=4, targets=("query", "value")))
+    np.testing.assert_array_equal(alone.trainable["lowrank"]["value"]["theta_a"], both.trainable["lowrank"]["value"]["theta_a"])
+    assert not np.array_equal(both.trainable["lowrank"]["query"]["theta_a"], both.trainable["lowrank"]["value"]["theta_a"])
