@@ -33,7 +33,7 @@ METHODS = {
     "lora q/v merged": (jaxlora.AdapterConfig("lora", rank=8, alpha=16, targets=QV, trainable=("classifier",)), "merged"),
     "bonly q/v factored": (jaxlora.AdapterConfig("bonly", rank=16, alpha=16, targets=QV, trainable=("classifier",)), "factored"),
     "condlora q/v factored": (jaxlora.AdapterConfig("condlora", rank=8, alpha=8, targets=QV, trainable=("classifier",)), "factored"),
-    "mtlora q/v factored": (jaxlora.AdapterConfig("mtlora", rank=8, alpha=16, targets=QV, trainable=("classifier",), structure="ctcm"), "factored"),
+    "mtlora q/v factored": (jaxlora.AdapterConfig("mtlora", rank=8, alpha=16, targets=QV, trainable=("classifier",), options={"structure": "ctcm"}), "factored"),
     "lora all-linear factored": (jaxlora.AdapterConfig("lora", rank=8, alpha=16, targets="all-linear", trainable=("classifier",)), "factored"),
     "lora all-linear merged": (jaxlora.AdapterConfig("lora", rank=8, alpha=16, targets="all-linear", trainable=("classifier",)), "merged"),
 }

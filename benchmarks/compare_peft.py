@@ -73,7 +73,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "condlora-qv": {"label": "CondLoRA q,v", "jax": dict(variant="condlora", rank=8, alpha=16.0, targets=QV)},
     "mtlora-qv": {
         "label": "MTLoRA q,v (CTCM)",
-        "jax": dict(variant="mtlora", rank=8, alpha=16.0, targets=QV, structure="ctcm"),
+        "jax": dict(variant="mtlora", rank=8, alpha=16.0, targets=QV, options={"structure": "ctcm"}),
     },
     "full": {"label": "full fine-tuning", "jax": "full", "peft": "full"},
     "eval": {"label": "eval forward", "jax": "eval", "peft": "eval"},

@@ -1,12 +1,24 @@
 """jaxlora: low-rank adaptation for JAX/Flax as pure parameter transforms.
 
-    adapter = jaxlora.init(rng, frozen, jaxlora.AdapterConfig("lora", rank=8))
-    params = jaxlora.apply(frozen, adapter, config, mode="factored")   # or "merged"
+An adapter is a pytree of its own; adapting a model is a function of two trees:
 
-Stock Flax layers (Linen or NNX) run factored adapters inside
-``with jaxlora.intercept():``; :mod:`jaxlora.nnx` turns NNX models into param
-trees and back. See :mod:`jaxlora.adapters.core` for the idea, :mod:`jaxlora.models` for models
-that load Hugging Face checkpoints, and ``train.py`` for the training program.
+>>> frozen = {"query": {"kernel": jnp.ones((4, 4))}, "value": {"kernel": jnp.ones((4, 4))}}
+>>> config = jaxlora.AdapterConfig("lora", rank=2, targets=("query", "value"))
+>>> adapter = jaxlora.init(jax.random.key(0), frozen, config)
+>>> params = jaxlora.apply(frozen, adapter, config, mode="merged")   # or "factored", for jaxlora.nn.Dense
+>>> params["query"]["kernel"].shape
+(4, 4)
+
+The packages, each layer importing only the ones above it:
+
+* :mod:`jaxlora.adapters`: the adapter contract, one file per variant, the config and the transforms;
+* :mod:`jaxlora.nn`: the Dense layer that runs factored adapters; :mod:`jaxlora.intercept` runs them in
+  stock Flax layers (Linen or NNX) inside ``with jaxlora.intercept():``, and :mod:`jaxlora.nnx` turns NNX
+  models into param trees and back;
+* :mod:`jaxlora.models`: Flax BERT, RoBERTa and Llama that load Hugging Face checkpoints;
+* :mod:`jaxlora.interop`: PEFT adapters in and out, native adapter files, merged checkpoints;
+* :mod:`jaxlora.data` and :mod:`jaxlora.training`: GLUE data and the training program (``train.py``);
+* :mod:`jaxlora.theory`: the papers' constructions and analyses, in NumPy.
 """
 
 from jaxlora.adapters import (

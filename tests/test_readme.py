@@ -12,7 +12,7 @@ def test_readme_example_runs(capsys):
     exec(compile(blocks[0], "README.md", "exec"), {})
     out = capsys.readouterr().out
     for variant in ("lora", "bonly", "aonly", "condlora", "mtlora"):
-        assert f"adapter '{variant}'" in out
+        assert f"adapter {variant}" in out
 
 
 def test_readme_own_model_example_runs(capsys):
@@ -22,6 +22,6 @@ def test_readme_own_model_example_runs(capsys):
     assert "closes over" not in block and "def train_step(trainable, opt_state, frozen, x)" in block
     exec(compile(block, "README.md", "exec"), {})
     out = capsys.readouterr().out
-    assert "linen loss" in out and "adapter 'lora'" in out
+    assert "linen loss" in out and "adapter lora" in out
     for module in ("query", "key", "value", "out", "0", "1"):  # NNX: attention and both nnx.List members
         assert any(line.split()[0] == module for line in out.splitlines() if line.strip())

@@ -1,10 +1,25 @@
 """Adapter variants as parameter transforms.
 
-A variant is one module in this package that subclasses
-:class:`~jaxlora.adapters.base.Variant` and decorates it with
-:func:`~jaxlora.adapters.base.register`. Every module here other than the
-shared machinery is imported below, so dropping a new file in registers it;
-variants living elsewhere register when their module is imported.
+Layout:
+
+* ``base.py``: the contract (:class:`~jaxlora.adapters.base.Variant`,
+  :class:`~jaxlora.adapters.base.AdaptedKernel`, :class:`~jaxlora.adapters.base.Target`),
+  the registry and the initialisers variants share;
+* ``config.py``: :class:`~jaxlora.adapters.config.AdapterConfig`, which carries
+  a variant's own options generically;
+* ``targets.py``: which matrices a config adapts;
+* ``core.py``: ``init``/``apply``/``merge``/``unmerge``/``to_lora_factors``,
+  parameter counts, written once for every variant;
+* one file per variant, owning its math, init and options: ``lora.py``,
+  ``asymmetric.py`` (B-only, A-only), ``condlora.py``, ``mtlora.py``.
+
+A variant is one module that subclasses :class:`~jaxlora.adapters.base.Variant`
+and decorates it with :func:`~jaxlora.adapters.base.register`. Every module here
+other than the shared machinery is imported below, so dropping a new file in
+registers it; variants living elsewhere register when their module is imported.
+
+>>> {"lora", "bonly", "aonly", "condlora", "mtlora"} <= set(registered_variants())
+True
 """
 
 import importlib

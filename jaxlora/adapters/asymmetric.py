@@ -23,7 +23,11 @@ from jaxlora.adapters.lora import LoRAKernel
 class BOnly(Variant):
     """Frozen orthonormal ``a``, trained ``b`` (zero-init).
 
-    >>> adapter = jaxlora.init(key, frozen, AdapterConfig("bonly", rank=16))
+    >>> frozen = {"query": {"kernel": jnp.ones((6, 4))}}
+    >>> adapter = jaxlora.init(jax.random.key(0), frozen, jaxlora.AdapterConfig("bonly", rank=2, targets=("query",)))
+    >>> a = adapter.fixed["query"]["a"]                   # frozen, orthonormal columns
+    >>> bool(jnp.allclose(a.T @ a, jnp.eye(2), atol=1e-6)), adapter.trainable["lowrank"]["query"]["b"].shape
+    (True, (2, 4))
     """
 
     name = "bonly"
@@ -44,7 +48,11 @@ class BOnly(Variant):
 class AOnly(Variant):
     """Trained ``a`` (zero-init), frozen ``b`` with orthonormal rows.
 
-    >>> adapter = jaxlora.init(key, frozen, AdapterConfig("aonly", rank=16))
+    >>> frozen = {"query": {"kernel": jnp.ones((6, 4))}}
+    >>> adapter = jaxlora.init(jax.random.key(0), frozen, jaxlora.AdapterConfig("aonly", rank=2, targets=("query",)))
+    >>> b = adapter.fixed["query"]["b"]                   # frozen, orthonormal rows
+    >>> bool(jnp.allclose(b @ b.T, jnp.eye(2), atol=1e-6)), adapter.trainable["lowrank"]["query"]["a"].shape
+    (True, (6, 2))
     """
 
     name = "aonly"

@@ -1,13 +1,20 @@
 """The contract every adapter variant fulfils.
 
-An adapter variant is a module in ``jaxlora/adapters/`` that defines
+An adapter variant is one module (in ``jaxlora/adapters/`` or anywhere else)
+that defines
 
 * a :class:`Variant` subclass, registered with :func:`register`, which knows how
   to create the variant's parameters for a set of :class:`Target` matrices and
   how to turn them, together with a frozen kernel, into an :class:`AdaptedKernel`;
 * an :class:`AdaptedKernel` subclass: a pytree node that holds the frozen kernel
   ``K`` of shape ``(d_in, d_out)`` and whatever the variant needs to compute its
-  low-rank update, without ever forming ``K + s * delta``.
+  low-rank update, without ever forming ``K + s * delta``;
+* optionally, its options: a small frozen dataclass set as ``Variant.Options``.
+  :class:`~jaxlora.adapters.config.AdapterConfig` carries an instance of it as
+  ``config.options`` (a mapping given by the user is turned into one, unknown
+  names are an error listing the known ones), and the training config grows a
+  ``lora.<variant>`` block with its fields, so nothing outside the variant's
+  file names them.
 
 Everything else (target matching, the factored and merged execution modes,
 merging, conversion to plain LoRA factors, parameter counting, serialisation)
@@ -18,6 +25,34 @@ A kernel with several input or output axes (``DenseGeneral``, ``Einsum``) is a
 matrix to every variant: :class:`Target` records which of its axes are inputs and
 which outputs, and :meth:`Target.as_matrix` views it as ``(prod(in), prod(out))``
 before a variant sees it, so variants only ever deal with 2-D kernels.
+
+>>> from jaxlora.adapters.lora import LoRAKernel
+>>> @dataclasses.dataclass(frozen=True)
+... class HalfOptions:
+...     half: str = "a"                      # which factor trains
+>>> @register
+... class Half(Variant):                     # LoRA training one factor, chosen by an option
+...     name = "doc-half"
+...     Options = HalfOptions
+...     def init(self, rng, targets, config):
+...         trainable, fixed = {}, {}
+...         for path, t in targets.items():
+...             a = kaiming_uniform(path_rng(rng, path), (t.d_in, t.rank), fan_in=t.d_in)
+...             b = jnp.zeros((t.rank, t.d_out))
+...             trained, kept = ({"a": a}, {"b": b}) if config.options.half == "a" else ({"b": b}, {"a": a})
+...             trainable[path], fixed[path] = trained, kept
+...         return trainable, fixed
+...     def node(self, target, kernel, trainable, fixed, config):
+...         p = {**trainable[target.path], **fixed[target.path]}
+...         return LoRAKernel(kernel, p["a"], p["b"], scale=target.scale, dropout_rate=config.dropout)
+>>> cfg = jaxlora.AdapterConfig("doc-half", rank=2, targets=("query",), options={"half": "b"})
+>>> cfg.options
+HalfOptions(half='b')
+>>> adapter = jaxlora.init(jax.random.key(0), {"query": {"kernel": jnp.ones((4, 4))}}, cfg)
+>>> sorted(adapter.trainable["lowrank"]["query"]), sorted(adapter.fixed["query"])
+(['b'], ['a'])
+>>> get_variant("doc-half").describe(cfg)
+'doc-half (half=b)'
 
 Parameter trees handed to and returned by a variant are *flat* dicts keyed by a
 tuple path (``("encoder", "layer_0", "attention", "query")``) or, for variants
@@ -50,8 +85,7 @@ class AdaptedKernel:
 
     The project's :class:`jaxlora.nn.Dense` recognises these nodes and computes
     ``x @ kernel + scale * (dropout(x) @ a) @ b`` from :meth:`factors`, so a variant
-    only has to say what its factors are; :meth:`lowrank` is the same product for
-    code that wants it on its own.
+    only has to say what its factors are.
     """
 
     kernel: Array
@@ -61,12 +95,6 @@ class AdaptedKernel:
     def factors(self) -> tuple[Array, Array]:
         """The update as plain LoRA factors ``(a, b)``: ``delta == a @ b``."""
         raise NotImplementedError
-
-    def lowrank(self, x: Array) -> Array:
-        """``x @ delta`` computed through the bottleneck (unscaled)."""
-        a, b = self.factors()
-        # No cast: a bf16 activation meets fp32 factors in fp32 (JAX promotion).
-        return (x @ a) @ b
 
     def delta(self) -> Array:
         """The dense ``(d_in, d_out)`` update, unscaled. Only for merging."""
@@ -178,14 +206,74 @@ class Target:
         return viewed
 
 
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """The options of a variant that has none."""
+
+
 class Variant:
     """Base class of adapter variants. Subclass, set ``name``, :func:`register`.
 
     Subclasses implement :meth:`init` and :meth:`node`; :meth:`check` may reject
     targets the variant cannot handle, with a message that says how to fix it.
+
+    Attributes:
+      name: the name configs use (``AdapterConfig("mtlora")``); it also names
+        the variant's block of options in the training config, so make it a
+        Python identifier when the variant has options.
+      Options: a frozen dataclass of the variant's options, with a default for
+        each field; ``__post_init__`` may reject bad values. ``config.options``
+        is an instance of it.
+      legacy_config_keys: ``{old AdapterConfig field: option name}`` for options
+        that were once flat ``AdapterConfig`` fields, so files written then
+        still load (:meth:`AdapterConfig.from_dict`).
     """
 
     name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    legacy_config_keys: ClassVar[Mapping[str, str]] = {}
+
+    def options(self, value: Any = None) -> Any:
+        """``value`` as this variant's ``Options``: ``None`` gives the defaults, a mapping its fields.
+
+        >>> get_variant("mtlora").options({"structure": "ctcm"})
+        MTLoRAOptions(structure='ctcm', init='kaiming')
+        >>> get_variant("mtlora").options({"structur": "ctcm"})
+        Traceback (most recent call last):
+        ValueError: Unknown option 'structur' of adapter variant 'mtlora'; its options are structure (default 'shim'), init (default 'kaiming').
+        """
+        if value is None:
+            return self.Options()
+        if isinstance(value, self.Options):
+            return value
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            raise ValueError(
+                f"Adapter variant {self.name!r} takes {self.Options.__name__} options, got "
+                f"{type(value).__name__}: pass options=None (the defaults) or a mapping of its fields."
+            )
+        if not isinstance(value, Mapping):
+            raise TypeError(f"options must be a mapping or {self.Options.__name__}, got {type(value).__name__}.")
+        known = {f.name: f for f in dataclasses.fields(self.Options)}
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            listing = ", ".join(f"{n} (default {f.default!r})" for n, f in known.items()) or "none"
+            label = "option" if len(unknown) == 1 else "options"
+            names = ", ".join(repr(u) for u in unknown)
+            raise ValueError(f"Unknown {label} {names} of adapter variant {self.name!r}; its options are {listing}.")
+        return self.Options(**value)
+
+    def describe(self, config) -> str:
+        """A short label for tables and file headers: the name, then the options.
+
+        >>> get_variant("mtlora").describe(jaxlora.AdapterConfig("mtlora", options={"structure": "ctcm"}))
+        'mtlora (structure=ctcm, init=kaiming)'
+        >>> get_variant("lora").describe(jaxlora.AdapterConfig("lora"))
+        'lora'
+        """
+        values = dataclasses.asdict(config.options)
+        if not values:
+            return self.name
+        return f"{self.name} (" + ", ".join(f"{k}={v}" for k, v in values.items()) + ")"
 
     def check(self, targets: Mapping[Path, Target], config) -> None:
         """Raise ``ValueError`` for targets this variant cannot adapt."""

@@ -16,20 +16,40 @@ query and value, r=8: 24,576 against LoRA's 294,912). Sharing needs no special
 code: each layer's node holds the same ``theta`` arrays, and ``jax.grad`` sums
 the contributions of all layers.
 
-**Rectangular extension (ours, not the paper's; opt in with ``rectangular=True``).**
+**Rectangular extension (ours, not the paper's; opt in with the option
+``rectangular``: ``AdapterConfig("condlora", options={"rectangular": True})``).**
 The paper's form needs ``d_in == d_out``. For a ``(d_in, d_out)`` kernel the
 extension uses ``a = K @ phi_a.T`` with ``phi_a: (r, d_out)`` and
 ``b = psi_b @ K`` with ``psi_b: (r, d_in)``. Square module types keep the paper's
 form even when the extension is on, so the paper's setting is unchanged.
+
+>>> frozen = {"layer_0": {"query": {"kernel": jnp.eye(6)}}, "layer_1": {"query": {"kernel": jnp.eye(6)}}}
+>>> adapter = jaxlora.init(jax.random.key(0), frozen, jaxlora.AdapterConfig("condlora", rank=2, targets=("query",)))
+>>> adapter.trainable["lowrank"]["query"]["theta_a"].shape   # one (r, d) map for both layers
+(2, 6)
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from jaxlora.adapters.base import AdaptedKernel, Variant, kaiming_uniform, path_rng, register
+
+
+@dataclasses.dataclass(frozen=True)
+class CondLoRAOptions:
+    """CondLoRA's options.
+
+    Attributes:
+      rectangular: allow non-square kernels, with the rectangular extension
+        above (jaxlora's, not in the paper).
+    """
+
+    rectangular: bool = False
 
 
 @struct.dataclass
@@ -61,11 +81,19 @@ def _group_shapes(targets):
 class CondLoRA(Variant):
     """Shared per-module-type maps producing every layer's factors.
 
-    >>> adapter = jaxlora.init(key, frozen, AdapterConfig("condlora", rank=8, alpha=8))
-    >>> adapter.trainable["lowrank"]["query"]["theta_a"].shape   # (8, 768) on RoBERTa-base
+    >>> frozen = {"query": {"kernel": jnp.ones((6, 6))}, "intermediate": {"kernel": jnp.ones((6, 12))}}
+    >>> cfg = jaxlora.AdapterConfig("condlora", rank=2, targets=("query", "intermediate"))
+    >>> jaxlora.init(jax.random.key(0), frozen, cfg)
+    Traceback (most recent call last):
+    ValueError: CondLoRA (paper form) needs square weights, but the 'intermediate' modules have shape (6, 12). Target square modules (e.g. query, value), or set the option rectangular=True (options={'rectangular': True}) for jaxlora's documented rectangular extension.
+    >>> adapter = jaxlora.init(jax.random.key(0), frozen, cfg.replace(options={"rectangular": True}))
+    >>> adapter.trainable["lowrank"]["intermediate"]["theta_a"].shape   # phi_a: (r, d_out)
+    (2, 12)
     """
 
     name = "condlora"
+    Options = CondLoRAOptions
+    legacy_config_keys = {"rectangular": "rectangular"}
 
     def check(self, targets, config):
         for group, variants in _group_shapes(targets).items():
@@ -76,15 +104,15 @@ class CondLoRA(Variant):
                     f"them by different module names."
                 )
             ((d_in, d_out), _, _), = variants
-            if d_in != d_out and not config.rectangular:
+            if d_in != d_out and not config.options.rectangular:
                 raise ValueError(
                     f"CondLoRA (paper form) needs square weights, but the {group!r} modules have shape "
-                    f"({d_in}, {d_out}). Target square modules (e.g. query, value), or set "
-                    f"rectangular=True for jaxlora's documented rectangular extension."
+                    f"({d_in}, {d_out}). Target square modules (e.g. query, value), or set the option "
+                    f"rectangular=True (options={{'rectangular': True}}) for jaxlora's documented "
+                    f"rectangular extension."
                 )
 
     def init(self, rng, targets, config):
-        self.check(targets, config)
         trainable = {}
         for group, variants in sorted(_group_shapes(targets).items()):
             ((d_in, d_out), rank, _), = variants

@@ -14,7 +14,8 @@ Modes:
 
 * ``"factored"`` puts an :class:`~jaxlora.adapters.base.AdaptedKernel` node where
   each targeted kernel was. :class:`jaxlora.nn.Dense` computes
-  ``x @ K + s * lowrank(dropout(x))`` from it: ``K + s * delta`` is never formed.
+  ``x @ K + s * (dropout(x) @ a) @ b`` from the node's ``factors()``:
+  ``K + s * delta`` is never formed.
 * ``"merged"`` puts the plain array ``K + s * delta`` there, so any model made of
   arrays (any Flax Linen/NNX model, any pytree-of-arrays function) runs unchanged.
   Low-rank dropout does not exist in this mode.
@@ -25,19 +26,18 @@ An :class:`Adapter` keeps three kinds of parameters apart:
 * ``trainable["full"]``: frozen leaves the user chose to train in full (a head);
 * ``fixed``: frozen but part of the adapter (B-only's random ``a``), saved with it.
 
-Example::
+The frozen tree is an argument of the jitted function, never closed over (a
+closed-over array becomes a constant folded into the compiled program):
 
-    cfg = jaxlora.AdapterConfig("lora", rank=8, alpha=16, targets=("query", "value"))
-    adapter = jaxlora.init(jax.random.key(0), frozen, cfg)
-
-    @jax.jit
-    def grads_fn(trainable, frozen):   # frozen an argument: closed over, jit would bake it in as constants
-        def loss_fn(trainable):
-            params = jaxlora.apply(frozen, adapter._replace(trainable=trainable), cfg)
-            return loss(model.apply({"params": params}, batch))
-        return jax.grad(loss_fn)(trainable)
-
-    grads = grads_fn(adapter.trainable, frozen)
+>>> frozen = {"query": {"kernel": jnp.ones((4, 4))}, "value": {"kernel": jnp.ones((4, 4))}}
+>>> cfg = jaxlora.AdapterConfig("lora", rank=2, alpha=4, targets=("query", "value"))
+>>> adapter = jaxlora.init(jax.random.key(0), frozen, cfg)
+>>> def loss_fn(trainable, frozen, x):
+...     params = jaxlora.apply(frozen, adapter._replace(trainable=trainable), cfg, mode="merged")
+...     return jnp.sum((x @ params["query"]["kernel"] @ params["value"]["kernel"]) ** 2)
+>>> grads = jax.jit(jax.grad(loss_fn))(adapter.trainable, frozen, jnp.ones((3, 4)))
+>>> grads["lowrank"]["query"]["b"].shape
+(2, 4)
 """
 
 from __future__ import annotations
@@ -96,13 +96,15 @@ def init(rng: jax.Array, frozen: Mapping, config: AdapterConfig) -> Adapter:
     Raises a ``ValueError`` that says how to fix it when a pattern matches nothing,
     a rank is too large, or the variant cannot adapt a matched matrix.
 
-    >>> adapter = jaxlora.init(jax.random.key(0), frozen, AdapterConfig("lora", rank=8))
+    >>> frozen = {"query": {"kernel": jnp.ones((4, 4))}, "classifier": {"kernel": jnp.ones((4, 2))}}
+    >>> adapter = jaxlora.init(jax.random.key(0), frozen,
+    ...                        AdapterConfig("lora", rank=2, targets=("query",), trainable=("classifier",)))
+    >>> jax.tree.map(jnp.shape, adapter.trainable)
+    {'full': {'classifier': {'kernel': (4, 2)}}, 'lowrank': {'query': {'a': (4, 2), 'b': (2, 4)}}}
     """
     flat = flatten(frozen)
     targets = find_targets(flat, config)
-    variant = get_variant(config.variant)
-    variant.check(targets, config)
-    lowrank, fixed = variant.init(rng, targets, config)
+    lowrank, fixed = _variant_init(rng, targets, config)
     full = {p: jnp.asarray(flat[p], jnp.float32) for p in find_trainable_leaves(flat, config, targets)}
     return Adapter(trainable={"lowrank": _nest(lowrank), "full": unflatten(full)}, fixed=_nest(fixed))
 
@@ -118,8 +120,13 @@ def apply(frozen: Mapping, adapter: Adapter, config: AdapterConfig, mode: str = 
       mode: ``"factored"`` (low-rank nodes for :class:`jaxlora.nn.Dense`) or
         ``"merged"`` (plain arrays, any model).
 
-    >>> params = jaxlora.apply(frozen, adapter, cfg, mode="merged")
-    >>> logits = model.apply({"params": params}, input_ids)
+    >>> frozen = {"query": {"kernel": jnp.eye(4)}}
+    >>> cfg = AdapterConfig("lora", rank=2, targets=("query",))
+    >>> adapter = jaxlora.init(jax.random.key(0), frozen, cfg)
+    >>> type(jaxlora.apply(frozen, adapter, cfg)["query"]["kernel"]).__name__
+    'LoRAKernel'
+    >>> jaxlora.apply(frozen, adapter, cfg, mode="merged")["query"]["kernel"].shape
+    (4, 4)
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
@@ -139,7 +146,11 @@ def apply(frozen: Mapping, adapter: Adapter, config: AdapterConfig, mode: str = 
 def merge(frozen: Mapping, adapter: Adapter, config: AdapterConfig) -> dict:
     """Frozen params with the adapter folded in: plain arrays, for inference or export.
 
-    >>> merged = jaxlora.merge(frozen, adapter, cfg)
+    >>> frozen = {"query": {"kernel": jnp.eye(4)}}
+    >>> cfg = AdapterConfig("lora", rank=2, targets=("query",))
+    >>> adapter = jaxlora.init(jax.random.key(0), frozen, cfg)   # b = 0: the update starts at zero
+    >>> bool(jnp.all(jaxlora.merge(frozen, adapter, cfg)["query"]["kernel"] == jnp.eye(4)))
+    True
     """
     return apply(frozen, adapter, config, mode="merged")
 
@@ -153,7 +164,13 @@ def unmerge(merged: Mapping, adapter: Adapter, config: AdapterConfig, *, max_ite
     converge (then keep the frozen params instead of unmerging). Leaves trained
     in full have no frozen original to go back to and keep their trained values.
 
-    >>> frozen_again = jaxlora.unmerge(jaxlora.merge(frozen, adapter, cfg), adapter, cfg)
+    >>> frozen = {"query": {"kernel": jax.random.normal(jax.random.key(1), (6, 6))}}
+    >>> cfg = AdapterConfig("condlora", rank=2, targets=("query",))
+    >>> adapter = jaxlora.init(jax.random.key(0), frozen, cfg)
+    >>> adapter.trainable["lowrank"]["query"]["theta_b"] = 0.01 * jnp.ones((2, 6))
+    >>> again = jaxlora.unmerge(jaxlora.merge(frozen, adapter, cfg), adapter, cfg)
+    >>> bool(jnp.allclose(again["query"]["kernel"], frozen["query"]["kernel"], atol=1e-5))
+    True
     """
     flat = flatten(merged)
     result = dict(flat)
@@ -182,7 +199,12 @@ def to_lora_factors(frozen: Mapping, adapter: Adapter, config: AdapterConfig) ->
     CondLoRA's factors are computed per layer from its frozen weight; MTLoRA's
     ``T`` is folded into ``a``. ``scale * a @ b`` equals the variant's own update.
 
-    >>> factors = jaxlora.to_lora_factors(frozen, adapter, cfg)
+    >>> frozen = {"layer_0": {"query": {"kernel": jnp.eye(4)}}}
+    >>> cfg = AdapterConfig("mtlora", rank=2, targets=("query",), options={"structure": "ctcm"})
+    >>> factors = jaxlora.to_lora_factors(frozen, jaxlora.init(jax.random.key(0), frozen, cfg), cfg)
+    >>> a, b, scale = factors[("layer_0", "query")]
+    >>> a.shape, b.shape, scale
+    ((4, 2), (2, 4), 4.0)
     """
     nodes = _nodes(flatten(frozen), adapter, config)
     return {path: LoraFactors(*node.factors(), node.scale) for path, node in nodes.items()}
@@ -208,7 +230,10 @@ def _size(tree) -> int:
 def count_params(adapter: Adapter, frozen: Mapping | None = None) -> ParamCount:
     """Trainable (low-rank and full), fixed, and (optionally) frozen parameter counts.
 
-    >>> jaxlora.count_params(adapter).lowrank   # CondLoRA, RoBERTa-base q,v, r=8: 24576
+    >>> frozen = {f"layer_{i}": {"query": {"kernel": jnp.ones((8, 8))}} for i in range(3)}
+    >>> cfg = AdapterConfig("condlora", rank=2, targets=("query",))
+    >>> jaxlora.count_params(jaxlora.init(jax.random.key(0), frozen, cfg), frozen)   # 2 * r * d, any depth
+    ParamCount(lowrank=32, full=0, fixed=0, frozen=192)
     """
     return ParamCount(
         lowrank=_size(adapter.trainable.get("lowrank", {})),
@@ -221,7 +246,14 @@ def count_params(adapter: Adapter, frozen: Mapping | None = None) -> ParamCount:
 def param_table(frozen: Mapping, adapter: Adapter, config: AdapterConfig) -> str:
     """A readable table of what the adapter trains, by module type.
 
-    >>> print(jaxlora.param_table(frozen, adapter, cfg))
+    >>> frozen = {"query": {"kernel": jnp.ones((8, 8))}, "classifier": {"kernel": jnp.ones((8, 2))}}
+    >>> cfg = AdapterConfig("bonly", rank=2, targets=("query",), trainable=("classifier",))
+    >>> print(jaxlora.param_table(frozen, jaxlora.init(jax.random.key(0), frozen, cfg), cfg))
+    adapter bonly
+    module           matrices  shape (in, out)     rank   trainable     fixed
+    query                   1  8x8                  2          16        16
+    trained in full                                            16
+    total trainable 32 of 80 frozen (40.000%); fixed 16
     """
     targets = find_targets(flatten(frozen), config)
     lowrank = _group(adapter.trainable.get("lowrank", {}))
@@ -241,7 +273,7 @@ def param_table(frozen: Mapping, adapter: Adapter, config: AdapterConfig) -> str
                 rows[group][col] += sum(int(np.size(v)) for v in leaves.values())
     count = count_params(adapter, frozen)
     lines = [
-        f"adapter {config.variant!r}" + (f" ({config.structure})" if config.variant == "mtlora" else ""),
+        f"adapter {config.describe()}",
         f"{'module':<16}{'matrices':>9}  {'shape (in, out)':<18}{'rank':>6}{'trainable':>12}{'fixed':>10}",
     ]
     for group, (n, shapes, ranks, tr, fx) in sorted(rows.items()):
@@ -264,26 +296,32 @@ def _nodes(flat: Mapping[Path, Any], adapter: Adapter, config: AdapterConfig, ta
     variant = get_variant(config.variant)
     lowrank = _group(adapter.trainable.get("lowrank", {}))
     fixed = _group(adapter.fixed)
-    _check_fits(variant, targets, config, lowrank, fixed)
+    _check_fits(targets, config, lowrank, fixed)
     return {
         path: variant.node(t, t.as_matrix(flat[path + ("kernel",)]), lowrank, fixed, config)
         for path, t in targets.items()
     }
 
 
+def _variant_init(rng: jax.Array, targets: Mapping[Path, Target], config: AdapterConfig) -> tuple[FlatTree, FlatTree]:
+    """The variant's ``(trainable, fixed)`` trees, after its ``check`` of the targets (the one place it runs)."""
+    variant = get_variant(config.variant)
+    variant.check(targets, config)
+    return variant.init(rng, targets, config)
+
+
 @functools.lru_cache(maxsize=64)
-def _expected_shapes(variant_name: str, target_key: tuple, config: AdapterConfig):
+def _expected_shapes(target_key: tuple, config: AdapterConfig):
     targets = {t.path: t for t in target_key}
-    variant = get_variant(variant_name)
-    shapes = jax.eval_shape(lambda: variant.init(jax.random.key(0), targets, config))
+    shapes = jax.eval_shape(lambda: _variant_init(jax.random.key(0), targets, config))
     return tuple(
         {(p, n): tuple(v.shape) for p, leaves in tree.items() for n, v in leaves.items()} for tree in shapes
     )
 
 
-def _check_fits(variant, targets: Mapping[Path, Target], config, lowrank: FlatTree, fixed: FlatTree) -> None:
+def _check_fits(targets: Mapping[Path, Target], config: AdapterConfig, lowrank: FlatTree, fixed: FlatTree) -> None:
     key = tuple(sorted(targets.values(), key=lambda t: t.path))
-    expected = _expected_shapes(variant.name, key, config)
+    expected = _expected_shapes(key, config)
     for what, exp, tree in (("trainable", expected[0], lowrank), ("fixed", expected[1], fixed)):
         got = {(p, n): tuple(np.shape(v)) for p, leaves in tree.items() for n, v in leaves.items()}
         if got == exp:

@@ -1,4 +1,4 @@
-"""LoRA (Hu et al., 2021): ``y = x @ K + s * dropout(x) @ a @ b``.
+"""LoRA (Hu et al., 2021): ``y = x @ K + s * (dropout(x) @ a) @ b``.
 
 ``a`` is Kaiming-uniform (PyTorch's default for ``nn.Linear``, fan_in = d_in),
 ``b`` starts at zero so the adapted model equals the frozen one at step 0.
@@ -36,7 +36,10 @@ class LoRAKernel(AdaptedKernel):
 class LoRA(Variant):
     """Standard LoRA: ``a`` Kaiming-uniform, ``b = 0``, both trained.
 
-    >>> adapter = jaxlora.init(key, frozen, AdapterConfig("lora", rank=8, alpha=16))
+    >>> frozen = {"query": {"kernel": jnp.ones((6, 4))}}
+    >>> adapter = jaxlora.init(jax.random.key(0), frozen, jaxlora.AdapterConfig("lora", rank=2, targets=("query",)))
+    >>> jax.tree.map(jnp.shape, adapter.trainable["lowrank"])   # r * (d_in + d_out) numbers
+    {'query': {'a': (6, 2), 'b': (2, 4)}}
     """
 
     name = "lora"

@@ -16,14 +16,22 @@ ctcm       C @ D      C, D ``(r, r)``
 dtsm       C + D      C, D ``(r, r)``
 =========  =========  ===================
 
-Inits: ``"kaiming"`` (the official NLU/NLG code: ``a``, C, D Kaiming-uniform
+Options (:class:`MTLoRAOptions`, ``AdapterConfig("mtlora", options={"structure": "ctcm"})``):
+``structure`` picks ``T``; ``init`` is ``"kaiming"`` (the official NLU/NLG code: ``a``, C, D Kaiming-uniform
 with fan_in ``d_in`` for ``a`` and ``r`` for C, D; ``b = 0``) or ``"identity"``
 (the authors' later advice: T = I, i.e. C = I, and D = I for ctcm, D = 0 for
 dtsm; ``a`` Gaussian with std ``1/r`` as PEFT's ``"gaussian"`` init; ``b = 0``).
 With T = I the update is exactly LoRA's.
+
+>>> cfg = jaxlora.AdapterConfig("mtlora", rank=2, targets=("query",), options={"structure": "ctcm"})
+>>> adapter = jaxlora.init(jax.random.key(0), {"query": {"kernel": jnp.ones((4, 4))}}, cfg)
+>>> sorted(adapter.trainable["lowrank"]["query"])
+['a', 'b', 'c', 'd']
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +46,10 @@ INITS = ("kaiming", "identity")
 def transform(structure: str, c: jax.Array, d: jax.Array | None) -> jax.Array:
     """The paper's ``T`` (PyTorch orientation) for a structure.
 
+    >>> c = jnp.array([[1.0, 2.0], [0.0, 1.0]])
     >>> transform("icfm", c, None)   # c @ c.T
+    Array([[5., 2.],
+           [2., 1.]], dtype=float32)
     """
     if structure == "shim":
         return c
@@ -49,6 +60,31 @@ def transform(structure: str, c: jax.Array, d: jax.Array | None) -> jax.Array:
     if structure == "dtsm":
         return c + d
     raise ValueError(f"Unknown MTLoRA structure {structure!r}; choose one of {STRUCTURES}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class MTLoRAOptions:
+    """MTLoRA's options.
+
+    Each field's ``metadata["choices"]`` lists its values (the tests cover each).
+
+    Attributes:
+      structure: the transform ``T``: ``"shim"``, ``"icfm"``, ``"ctcm"`` or ``"dtsm"``.
+      init: ``"kaiming"`` (the official code) or ``"identity"`` (``T = I``).
+
+    >>> MTLoRAOptions(structure="tshm")
+    Traceback (most recent call last):
+    ValueError: Unknown MTLoRA structure 'tshm'; choose one of ('shim', 'icfm', 'ctcm', 'dtsm').
+    """
+
+    structure: str = dataclasses.field(default="shim", metadata={"choices": STRUCTURES})
+    init: str = dataclasses.field(default="kaiming", metadata={"choices": INITS})
+
+    def __post_init__(self):
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"Unknown MTLoRA structure {self.structure!r}; choose one of {STRUCTURES}.")
+        if self.init not in INITS:
+            raise ValueError(f"Unknown MTLoRA init {self.init!r}; choose one of {INITS}.")
 
 
 @struct.dataclass
@@ -71,40 +107,34 @@ class MTLoRAKernel(AdaptedKernel):
     def factors(self):
         return self.a @ self.t(), self.b
 
-    def lowrank(self, x):
-        return ((x @ self.a) @ self.t()) @ self.b
-
 
 @register
 class MTLoRA(Variant):
-    """LoRA with an ``r x r`` transform ``T`` in the bottleneck (``config.structure``).
+    """LoRA with an ``r x r`` transform ``T`` in the bottleneck (``config.options.structure``).
 
-    >>> adapter = jaxlora.init(key, frozen, AdapterConfig("mtlora", structure="ctcm"))
+    >>> jaxlora.AdapterConfig("mtlora", options={"structure": "ctcm"}).describe()
+    'mtlora (structure=ctcm, init=kaiming)'
     """
 
     name = "mtlora"
-
-    def check(self, targets, config):
-        if config.structure not in STRUCTURES:
-            raise ValueError(f"Unknown MTLoRA structure {config.structure!r}; choose one of {STRUCTURES}.")
-        if config.mtlora_init not in INITS:
-            raise ValueError(f"Unknown MTLoRA init {config.mtlora_init!r}; choose one of {INITS}.")
+    Options = MTLoRAOptions
+    legacy_config_keys = {"structure": "structure", "mtlora_init": "init"}
 
     def init(self, rng, targets, config):
-        self.check(targets, config)
-        two = config.structure in ("ctcm", "dtsm")
+        options = config.options
+        two = options.structure in ("ctcm", "dtsm")
         trainable = {}
         for path, t in targets.items():
             k_a, k_c, k_d = jax.random.split(path_rng(rng, path), 3)
             r = t.rank
-            if config.mtlora_init == "kaiming":
+            if options.init == "kaiming":
                 a = kaiming_uniform(k_a, (t.d_in, r), fan_in=t.d_in)
                 c = kaiming_uniform(k_c, (r, r), fan_in=r)
                 d = kaiming_uniform(k_d, (r, r), fan_in=r)
             else:
                 a = jax.random.normal(k_a, (t.d_in, r), jnp.float32) / r
                 c = jnp.eye(r, dtype=jnp.float32)
-                d = jnp.eye(r, dtype=jnp.float32) if config.structure == "ctcm" else jnp.zeros((r, r), jnp.float32)
+                d = jnp.eye(r, dtype=jnp.float32) if options.structure == "ctcm" else jnp.zeros((r, r), jnp.float32)
             params = {"a": a, "b": jnp.zeros((r, t.d_out), jnp.float32), "c": c}
             if two:
                 params["d"] = d
@@ -115,5 +145,5 @@ class MTLoRA(Variant):
         p = trainable[target.path]
         return MTLoRAKernel(
             kernel, p["a"], p["b"], p["c"], p.get("d"),
-            scale=target.scale, dropout_rate=config.dropout, structure=config.structure,
+            scale=target.scale, dropout_rate=config.dropout, structure=config.options.structure,
         )

@@ -276,9 +276,8 @@ def save_peft(
         save_file(tensors, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"})
         with open(os.path.join(tmp, README_FILE), "w") as f:
             f.write(
-                f"# LoRA adapter exported by jaxlora\n\nVariant `{config.variant}`"
-                f"{f' ({config.structure})' if config.variant == 'mtlora' else ''} written as plain LoRA factors "
-                f"for PEFT. Base model: `{base_model_name_or_path}`.\n"
+                f"# LoRA adapter exported by jaxlora\n\nVariant `{config.describe()}` written as plain LoRA "
+                f"factors for PEFT. Base model: `{base_model_name_or_path}`.\n"
             )
     return folder
 

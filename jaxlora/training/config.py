@@ -21,6 +21,7 @@ A few fields resolve from the task when left at their "auto" value:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import sys
@@ -28,7 +29,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from jaxlora.adapters.base import registered_variants
+from jaxlora.adapters.base import get_variant, registered_variants
 from jaxlora.adapters.config import AdapterConfig
 from jaxlora import tasks
 
@@ -81,21 +82,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.log_every = 50  # steps between train-metric lines in metrics.jsonl
     c.seed = 0  # adapter init, head init, dropout and data order
 
-    # The adapter: mirrors jaxlora.AdapterConfig; variant "full" fine-tunes every parameter.
-    c.lora = ml_collections.ConfigDict()
-    c.lora.variant = "lora"
-    c.lora.rank = 8
-    c.lora.alpha = 8.0
-    c.lora.targets = ("query", "value")
-    c.lora.exclude = ("classifier", "lm_head", "score")
-    c.lora.trainable = ("classifier",)  # leaves trained in full (the task head)
-    c.lora.rank_pattern = {}
-    c.lora.alpha_pattern = {}
-    c.lora.dropout = 0.0
-    c.lora.rslora = False
-    c.lora.structure = "shim"
-    c.lora.mtlora_init = "kaiming"
-    c.lora.rectangular = False
+    # The adapter: jaxlora.AdapterConfig's fields, and a block per variant with options
+    # (lora.mtlora.structure, lora.condlora.rectangular, ...); variant "full" fine-tunes every parameter.
+    c.lora = lora_block()
 
     # Optimisation: adamw with linear warmup and linear decay to zero.
     c.optimizer = ml_collections.ConfigDict()
@@ -146,7 +135,8 @@ def _known(node: ml_collections.ConfigDict) -> list[str]:
 
 
 # Fields whose value is a free mapping (keys are data, not field names).
-_FREE_MAPPINGS = {("lora", "rank_pattern"), ("lora", "alpha_pattern"), ("optimizer", "task_learning_rates")}
+_FREE_MAPPINGS = {("lora", name) for name, value in AdapterConfig().to_dict().items() if isinstance(value, dict)
+                  and name != "options"} | {("optimizer", "task_learning_rates")}
 
 
 def _check_fields(config, schema, path: tuple[str, ...], problems: list[str]) -> None:
@@ -155,6 +145,8 @@ def _check_fields(config, schema, path: tuple[str, ...], problems: list[str]) ->
         if key not in schema:
             close = difflib.get_close_matches(key, list(schema.keys()), n=1)
             hint = f" Did you mean {'.'.join(('config',) + path + (close[0],))!r}?" if close else ""
+            if path == ("lora",) and key in _moved_options():
+                hint = f" Variant options have their own block now: use 'config.lora.{_moved_options()[key]}'."
             problems.append(f"unknown field {where!r}.{hint} Known fields there: {_known(schema)}.")
             continue
         value, default = config[key], schema[key]
@@ -199,6 +191,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         variants = sorted(registered_variants()) + [FULL_VARIANT]
         if config.lora.variant not in variants:
             problems.append(f"config.lora.variant={config.lora.variant!r} is unknown; choose one of {variants}.")
+        else:
+            try:
+                adapter_config(config)
+            except (ValueError, TypeError) as err:
+                problems.append(f"config.lora: {err}")
         if config.dtype not in ("float32", "bfloat16"):
             problems.append(f"config.dtype={config.dtype!r}: use 'float32' or 'bfloat16'.")
         if config.batch_size < 1 or config.eval_batch_size < 1:
@@ -217,32 +214,66 @@ def validate(config: ml_collections.ConfigDict) -> None:
 # Derived values
 
 
+def lora_block() -> ml_collections.ConfigDict:
+    """``config.lora``: :class:`jaxlora.AdapterConfig`'s fields with their defaults, and one block per variant.
+
+    Each registered variant that has options gets ``lora.<variant name>`` holding its ``Options`` fields, so
+    ``--config.lora.mtlora.structure=ctcm`` sets MTLoRA's structure; the block of the chosen variant is the one
+    read. A variant registered before the config is made (its module imported) gets its block too. The one
+    training-specific default: ``trainable = ("classifier",)``, the task head trains in full.
+
+    >>> block = lora_block()
+    >>> block.variant, block.rank, block.mtlora.structure, block.condlora.rectangular
+    ('lora', 8, 'shim', False)
+    """
+    fields = AdapterConfig().to_dict()
+    del fields["options"]
+    block = ml_collections.ConfigDict()
+    for name, value in fields.items():
+        block[name] = tuple(value) if isinstance(value, list) else value
+    block.trainable = ("classifier",)  # leaves trained in full (the task head)
+    for name in registered_variants():
+        options = dataclasses.asdict(get_variant(name).options())
+        if options:
+            if name in fields:
+                raise ValueError(f"Adapter variant {name!r} has options but its name is an AdapterConfig field: rename it.")
+            block[name] = ml_collections.ConfigDict(options)
+    return block
+
+
+def _moved_options() -> dict[str, str]:
+    """``{old flat lora field: its place now}``, e.g. ``{"structure": "mtlora.structure"}``, for error hints."""
+    return {old: f"{name}.{new}" for name in registered_variants()
+            for old, new in get_variant(name).legacy_config_keys.items()}
+
+
 def adapter_config(config: ml_collections.ConfigDict) -> AdapterConfig | None:
     """The :class:`jaxlora.AdapterConfig` of ``config.lora``; None for full fine-tuning.
 
-    Example::
-
-        adapter_config(config).rank   # 8
+    >>> config = default_config()
+    >>> config.lora.variant = "mtlora"
+    >>> config.lora.mtlora.structure = "ctcm"
+    >>> adapter_config(config).options
+    MTLoRAOptions(structure='ctcm', init='kaiming')
     """
     lora = config.lora
     if lora.variant == FULL_VARIANT:
         return None
-    targets = lora.targets
-    return AdapterConfig(
-        variant=lora.variant,
-        rank=int(lora.rank),
-        alpha=float(lora.alpha),
-        targets=targets if isinstance(targets, str) else tuple(targets),
-        exclude=tuple(lora.exclude),
-        trainable=tuple(lora.trainable),
-        rank_pattern={str(k): int(v) for k, v in dict(lora.rank_pattern).items()},
-        alpha_pattern={str(k): float(v) for k, v in dict(lora.alpha_pattern).items()},
-        dropout=float(lora.dropout),
-        rslora=bool(lora.rslora),
-        structure=lora.structure,
-        mtlora_init=lora.mtlora_init,
-        rectangular=bool(lora.rectangular),
-    )
+    fields = {f.name for f in dataclasses.fields(AdapterConfig)} - {"options"}
+    values = {name: _plain(lora[name]) for name in fields}
+    if isinstance(values["targets"], list):
+        values["targets"] = tuple(values["targets"])
+    options = _plain(lora[lora.variant]) if lora.variant in lora else None
+    return AdapterConfig(options=options, **values)
+
+
+def _plain(value):
+    """ConfigDicts as dicts and tuples as lists, recursively (JSON's shapes)."""
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+        return {str(k): _plain(v) for k, v in dict(value).items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def learning_rate(config: ml_collections.ConfigDict, task: tasks.Task | None = None) -> float:
@@ -327,6 +358,8 @@ def flags_parser(argv: Sequence[str], flag: str = "config") -> list[str]:
         culprits = [arg for path, arg in _override_paths(argv, flag) if name in path.split(".")]
         culprit = culprits[0] if culprits else f"--{flag}.{name}"
         hint = f"Did you mean {suggestion.group(1)!r}? " if suggestion else ""
+        if name in _moved_options():
+            hint = f"Variant options have their own block now: use --{flag}.lora.{_moved_options()[name]}=... "
         sys.stderr.write(
             f"FATAL: unknown config field in {culprit!r}: {name!r} is not a field of that config. {hint}"
             "The fields are listed in jaxlora/training/config.py (default_config) and set in configs/common.py.\n"
@@ -370,11 +403,4 @@ def glue_dir_default(repo_root: str | os.PathLike) -> str:
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """A JSON-friendly copy of ``config`` (tuples as lists) for results and checkpoints."""
-    def plain(value):
-        if isinstance(value, (ml_collections.ConfigDict, dict)):
-            return {str(k): plain(v) for k, v in dict(value).items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value
-
-    return plain(config.to_dict())
+    return _plain(config.to_dict())

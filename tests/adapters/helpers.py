@@ -1,21 +1,33 @@
 """Small models and trees shared by the adapter tests."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 import jaxlora
+from jaxlora.adapters import get_variant
 from jaxlora.nn import Dense
 
-ALL_VARIANTS = [
-    ("lora", {}),
-    ("bonly", {}),
-    ("aonly", {}),
-    ("condlora", {}),
-    *[("mtlora", {"structure": s}) for s in ("shim", "icfm", "ctcm", "dtsm")],
-    ("mtlora", {"structure": "ctcm", "mtlora_init": "identity"}),
-]
-VARIANT_IDS = [v + "-" + "-".join(str(x) for x in kw.values()) if kw else v for v, kw in ALL_VARIANTS]
+def builtin_variants():
+    """The variants jaxlora itself registers (not those a test registers), sorted by name."""
+    return [n for n in jaxlora.registered_variants() if type(get_variant(n)).__module__.startswith("jaxlora.")]
+
+
+def option_cases(name):
+    """Option sets that cover a variant: its defaults, then each other value of each option
+    (the field's ``metadata["choices"]``, or the other truth value of a bool)."""
+    cases = [{}]
+    for field in dataclasses.fields(get_variant(name).Options):
+        choices = field.metadata.get("choices", (False, True) if isinstance(field.default, bool) else ())
+        cases += [{field.name: value} for value in choices if value != field.default]
+    return cases
+
+
+# (variant, AdapterConfig keyword arguments) for every built-in variant and option value.
+ALL_VARIANTS = [(n, {"options": o} if o else {}) for n in builtin_variants() for o in option_cases(n)]
+VARIANT_IDS = ["-".join([v, *(f"{k}={x}" for k, x in kw.get("options", {}).items())]) for v, kw in ALL_VARIANTS]
 
 
 class Block(nn.Module):

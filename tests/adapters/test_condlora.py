@@ -76,12 +76,12 @@ def test_non_square_needs_the_explicit_rectangular_extension():
     cfg = jaxlora.AdapterConfig("condlora", rank=4, targets=("query", "intermediate"))
     with pytest.raises(ValueError, match=r"needs square weights, but the 'intermediate' modules have shape \(768, 3072\)(.|\n)*rectangular=True"):
         jaxlora.init(jax.random.key(0), frozen, cfg)
-    adapter = jaxlora.init(jax.random.key(0), frozen, cfg.replace(rectangular=True))
+    adapter = jaxlora.init(jax.random.key(0), frozen, cfg.replace(options={"rectangular": True}))
     theta = adapter.trainable["lowrank"]
     assert theta["intermediate"]["theta_a"].shape == (4, 3072)  # phi_a: (r, d_out)
     assert theta["intermediate"]["theta_b"].shape == (4, 768)   # psi_b: (r, d_in)
     assert theta["query"]["theta_a"].shape == (4, 768)          # square keeps the paper's form
-    factors = jaxlora.to_lora_factors(frozen, adapter, cfg.replace(rectangular=True))
+    factors = jaxlora.to_lora_factors(frozen, adapter, cfg.replace(options={"rectangular": True}))
     f = factors[("roberta", "encoder", "layer_0", "intermediate")]
     assert f.a.shape == (768, 4) and f.b.shape == (4, 3072)
 

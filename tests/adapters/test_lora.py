@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxlora
+from jaxlora.nn import Dense
 from tests.adapters.roberta_shapes import roberta_base_like
 
 
@@ -32,4 +33,5 @@ def test_factored_forward_is_the_lora_formula():
     adapter.trainable["lowrank"]["proj"]["b"] = b
     node = jaxlora.apply(frozen, adapter, cfg)["proj"]["kernel"]
     x = jax.random.normal(jax.random.key(3), (4, 6))
-    np.testing.assert_allclose(x @ node.kernel + node.scale * node.lowrank(x), x @ k + 3.0 * (x @ a) @ b, rtol=1e-6)
+    y = Dense(5, use_bias=False).apply({"params": {"kernel": node}}, x)
+    np.testing.assert_allclose(y, x @ k + 3.0 * (x @ a) @ b, rtol=1e-6)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import jaxlora
+from jaxlora.nn import Dense
 from jaxlora.adapters.mtlora import transform
 from tests.adapters.helpers import perturbed, tiny_model
 
@@ -19,7 +20,7 @@ from tests.adapters.helpers import perturbed, tiny_model
 def test_each_structures_transform(structure, expected, extra):
     k = jax.random.normal(jax.random.key(0), (8, 6))
     frozen = {"query": {"kernel": k}}
-    cfg = jaxlora.AdapterConfig("mtlora", rank=4, alpha=8, targets=("query",), structure=structure)
+    cfg = jaxlora.AdapterConfig("mtlora", rank=4, alpha=8, targets=("query",), options={"structure": structure})
     adapter = perturbed(jaxlora.init(jax.random.key(1), frozen, cfg))
     p = adapter.trainable["lowrank"]["query"]
     c, d = p["c"], p.get("d")
@@ -31,12 +32,13 @@ def test_each_structures_transform(structure, expected, extra):
     np.testing.assert_allclose(transform(structure, c, d), t_pt, rtol=1e-6)
     x = jax.random.normal(jax.random.key(2), (3, 8))
     node = jaxlora.apply(frozen, adapter, cfg)["query"]["kernel"]
-    np.testing.assert_allclose(node.lowrank(x), x @ p["a"] @ t_pt.T @ p["b"], rtol=1e-5, atol=1e-6)
+    y = Dense(6, use_bias=False).apply({"params": {"kernel": node}}, x)
+    np.testing.assert_allclose(y, x @ k + 2.0 * x @ p["a"] @ t_pt.T @ p["b"], rtol=1e-5, atol=1e-5)
 
 
 def test_kaiming_init_follows_the_official_code():
     frozen = {"query": {"kernel": jnp.zeros((64, 32))}}
-    adapter = jaxlora.init(jax.random.key(0), frozen, jaxlora.AdapterConfig("mtlora", rank=8, targets=("query",), structure="dtsm"))
+    adapter = jaxlora.init(jax.random.key(0), frozen, jaxlora.AdapterConfig("mtlora", rank=8, targets=("query",), options={"structure": "dtsm"}))
     p = adapter.trainable["lowrank"]["query"]
     assert float(jnp.abs(p["a"]).max()) <= 1 / np.sqrt(64)
     assert float(jnp.abs(p["c"]).max()) <= 1 / np.sqrt(8) and float(jnp.abs(p["d"]).max()) <= 1 / np.sqrt(8)
@@ -46,7 +48,7 @@ def test_kaiming_init_follows_the_official_code():
 @pytest.mark.parametrize("structure", ["shim", "icfm", "ctcm", "dtsm"])
 def test_identity_init_reduces_exactly_to_lora(structure):
     model, frozen, x = tiny_model()
-    cfg = jaxlora.AdapterConfig("mtlora", rank=4, targets=("query", "value"), structure=structure, mtlora_init="identity")
+    cfg = jaxlora.AdapterConfig("mtlora", rank=4, targets=("query", "value"), options={"structure": structure, "init": "identity"})
     mt = jaxlora.init(jax.random.key(0), frozen, cfg)
     for leaves in jax.tree.leaves(mt.trainable["lowrank"], is_leaf=lambda n: isinstance(n, dict) and "c" in n):
         t = transform(structure, leaves["c"], leaves.get("d"))
@@ -63,7 +65,11 @@ def test_identity_init_reduces_exactly_to_lora(structure):
     assert float(jnp.abs(out_lora - model.apply({"params": frozen}, x)).max()) > 1e-3
 
 
-def test_unknown_structure():
+def test_unknown_structure_init_and_option_names():
     with pytest.raises(ValueError, match=r"Unknown MTLoRA structure 'tshm'; choose one of"):
-        jaxlora.init(jax.random.key(0), {"query": {"kernel": jnp.zeros((4, 4))}},
-                     jaxlora.AdapterConfig("mtlora", rank=2, targets=("query",), structure="tshm"))
+        jaxlora.AdapterConfig("mtlora", rank=2, targets=("query",), options={"structure": "tshm"})
+    with pytest.raises(ValueError, match=r"Unknown MTLoRA init 'xavier'; choose one of \('kaiming', 'identity'\)"):
+        jaxlora.AdapterConfig("mtlora", options={"init": "xavier"})
+    with pytest.raises(ValueError, match=r"Unknown option 'mtlora_init' of adapter variant 'mtlora'; its options are "
+                                         r"structure \(default 'shim'\), init \(default 'kaiming'\)"):
+        jaxlora.AdapterConfig("mtlora", options={"mtlora_init": "identity"})

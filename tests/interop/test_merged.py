@@ -9,7 +9,7 @@ import pytest
 import jaxlora
 from jaxlora.interop import save_merged
 
-CASES = [("bert", "condlora", {}), ("roberta", "mtlora", {"structure": "icfm"}), ("llama", "bonly", {})]
+CASES = [("bert", "condlora", {}), ("roberta", "mtlora", {"options": {"structure": "icfm"}}), ("llama", "bonly", {})]
 
 
 @pytest.mark.parametrize("family,variant,options", CASES, ids=[f"{f}-{v}" for f, v, _ in CASES])

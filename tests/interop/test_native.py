@@ -12,17 +12,11 @@ from safetensors import safe_open
 import jaxlora
 from jaxlora.interop import load_adapter, save_adapter
 from jaxlora.interop.native import trees_equal
+from tests.adapters.helpers import ALL_VARIANTS, VARIANT_IDS
 
-VARIANTS = [
-    ("lora", {}),
-    ("lora", {"rslora": True, "rank_pattern": {"value": 2}, "alpha_pattern": {"query": 3.0}, "dropout": 0.1}),
-    ("bonly", {}),
-    ("aonly", {}),
-    ("condlora", {}),
-    *[("mtlora", {"structure": s}) for s in ("shim", "icfm", "ctcm", "dtsm")],
-    ("mtlora", {"structure": "dtsm", "mtlora_init": "identity"}),
-]
-IDS = ["-".join([v, *map(str, kw.values())]) if kw else v for v, kw in VARIANTS]
+LORA_FIELDS = {"rslora": True, "rank_pattern": {"value": 2}, "alpha_pattern": {"query": 3.0}, "dropout": 0.1}
+VARIANTS = ALL_VARIANTS + [("lora", LORA_FIELDS)]
+IDS = VARIANT_IDS + ["lora-fields"]
 
 
 def _moved(adapter, seed=5):

@@ -22,10 +22,10 @@ VARIANTS = {
     "bonly": {},
     "aonly": {},
     "condlora": {},
-    "mtlora-ctcm": {"structure": "ctcm"},
-    "mtlora-dtsm-identity": {"structure": "dtsm", "mtlora_init": "identity"},
+    "mtlora-ctcm": {"options": {"structure": "ctcm"}},
+    "mtlora-dtsm-identity": {"options": {"structure": "dtsm", "init": "identity"}},
 }
-EXTRA_MTLORA = {"mtlora-shim": {"structure": "shim"}, "mtlora-icfm": {"structure": "icfm"}}
+EXTRA_MTLORA = {"mtlora-shim": {"options": {"structure": "shim"}}, "mtlora-icfm": {"options": {"structure": "icfm"}}}
 CASES = [(f, v) for f in ("bert", "roberta", "llama") for v in VARIANTS] + [("bert", v) for v in EXTRA_MTLORA]
 
 

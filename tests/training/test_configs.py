@@ -30,6 +30,39 @@ def test_protocol_learning_rates_follow_the_task():
     assert load_config("lora", "stsb").task == "stsb"
 
 
+def test_lora_block_is_adapter_configs_fields_plus_a_block_per_variant_with_options():
+    import dataclasses
+
+    import jaxlora
+    from tests.adapters.helpers import builtin_variants
+
+    config = training.default_config()
+    fields = {f.name for f in dataclasses.fields(jaxlora.AdapterConfig)} - {"options"}
+    with_options = {n for n in builtin_variants() if dataclasses.fields(jaxlora.adapters.get_variant(n).Options)}
+    assert with_options == {"mtlora", "condlora"}
+    assert fields | with_options <= set(config.lora.keys())
+    for name in builtin_variants():
+        config.lora.variant = name
+        cfg = training.adapter_config(config)
+        assert cfg == jaxlora.AdapterConfig(name, trainable=("classifier",))  # the defaults are AdapterConfig's
+    config.lora.variant = "mtlora"
+    config.lora.mtlora.init = "identity"
+    assert training.adapter_config(config).options.init == "identity"
+
+
+def test_bad_or_moved_variant_options_are_named():
+    config = training.default_config()
+    config.lora.variant = "mtlora"
+    config.lora.mtlora.structure = "tshm"
+    with pytest.raises(ValueError, match=r"config.lora: Unknown MTLoRA structure 'tshm'"):
+        training.validate(config)
+    config = training.default_config().unlock()
+    config.lora.structure = "ctcm"
+    with pytest.raises(ValueError, match=r"unknown field 'config.lora.structure'. Variant options have their own "
+                                         r"block now: use 'config.lora.mtlora.structure'"):
+        training.validate(config)
+
+
 def test_offline_config_uses_minilm_and_glue_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("GLUE_DIR", str(tmp_path))
     config = load_config("condlora", "offline")
@@ -83,3 +116,40 @@ def test_init_from_peft_starts_from_the_exported_adapter(tiny_factory, tmp_path)
     got = jaxlora.merge(run.frozen_host, started, run.adapter_config)
     for x, y in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
         np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_a_variant_from_one_outside_file_trains_with_its_option_from_the_command_line_and_exports(tiny_factory, tmp_path):
+    import importlib
+
+    import numpy as np
+    from absl import flags
+    from ml_collections import config_flags
+
+    import jaxlora
+    from jaxlora import interop
+
+    importlib.import_module("tests.adapters.gain_variant")  # registers "gainlora"
+    argv = ["train.py", "--config.lora.variant=gainlora", "--config.lora.gainlora.gain=2.5"]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_dict("config", tiny_factory("lora"), flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    config = flag_values.config
+    assert training.adapter_config(config).options.gain == 2.5
+
+    workdir = tmp_path / "run"
+    results = training.train(config, workdir)
+    assert results["variant"] == "gainlora" and results["steps"] == 2
+    adapter, adapter_config, _ = interop.load_adapter(str(workdir / "adapter"))
+    assert adapter_config.variant == "gainlora" and adapter_config.options.gain == 2.5
+    # The option reaches the math: the exported factors carry the gain, and PEFT's file holds them.
+    factors = jaxlora.to_lora_factors(training.build(config).frozen_host, adapter, adapter_config)
+    path, (a, b, _) = sorted(factors.items())[0]
+    np.testing.assert_allclose(a, 2.5 * np.asarray(flatten_get(adapter.trainable["lowrank"], path)["a"]), rtol=1e-6)
+    assert (workdir / "peft_adapter" / "adapter_model.safetensors").exists()
+    assert "gainlora (gain=2.5)" in (workdir / "peft_adapter" / "README.md").read_text()
+
+
+def flatten_get(tree, path):
+    for name in path:
+        tree = tree[name]
+    return tree
