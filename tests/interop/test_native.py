@@ -83,6 +83,22 @@ def _edit_config(folder, change):
     path.write_text(json.dumps(document))
 
 
+def test_files_written_before_options_moved_into_the_variants_still_load(tiny_models, tmp_path):
+    # Until options became the variants' own, AdapterConfig.to_dict() wrote them flat, for every variant.
+    cfg = jaxlora.AdapterConfig("mtlora", rank=2, options={"structure": "ctcm", "init": "identity"})
+    adapter = jaxlora.init(jax.random.key(0), tiny_models["bert"].frozen, cfg)
+    save_adapter(tmp_path / "adapter", adapter, cfg)
+
+    def old_format(document):
+        config = document["config"]
+        del config["options"]
+        config.update(structure="ctcm", mtlora_init="identity", rectangular=False)
+
+    _edit_config(tmp_path / "adapter", old_format)
+    loaded, loaded_cfg, _ = load_adapter(str(tmp_path / "adapter"))
+    assert loaded_cfg == cfg and trees_equal(loaded, adapter)
+
+
 def test_load_errors_say_what_is_wrong(saved, tmp_path):
     folder, _, _ = saved
     with pytest.raises(FileNotFoundError, match="is not a folder"):
