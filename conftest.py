@@ -1,6 +1,6 @@
 """Doctest setup for ``python -m pytest --doctest-modules jaxlora``: the names examples use, and a scratch folder.
 
-Every docstring example may use ``jax``, ``jnp``, ``np`` and ``jaxlora`` without importing them, and runs in
+Every docstring example may use ``jax``, ``jnp``, ``np``, ``os`` and ``jaxlora`` without importing them, and runs in
 a fresh temporary working directory, so examples that write files (``save_adapter("run/adapter", ...)``) leave
 nothing behind. The test suite's own setup is tests/conftest.py.
 """
@@ -27,6 +27,6 @@ def _doctest_setup(request):
     import jaxlora
 
     namespace = request.getfixturevalue("doctest_namespace")
-    namespace.update(jax=jax, jnp=jnp, np=np, jaxlora=jaxlora)
+    namespace.update(jax=jax, jnp=jnp, np=np, os=os, jaxlora=jaxlora)
     request.getfixturevalue("monkeypatch").chdir(request.getfixturevalue("tmp_path"))
     yield

@@ -9,11 +9,24 @@
 * :func:`save_merged`: the model with the adapter folded in, as a transformers
   checkpoint.
 
-Example::
+Layout: ``native.py`` (jaxlora's format), ``peft.py`` (PEFT's LoRA format),
+``merged.py`` (merged transformers checkpoints), ``digest.py`` (content digests
+that native files and checkpoints carry), ``_files.py`` (atomic export folders).
 
-    jaxlora.interop.save_adapter("run/adapter", adapter, cfg)
-    jaxlora.interop.save_peft("run/peft_adapter", module, frozen, adapter, cfg, "roberta-base")
-    model = peft.PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base), "run/peft_adapter")
+>>> from jaxlora import interop, models
+>>> module, frozen = models.from_config(models.tiny_config("bert"), num_labels=2)   # a tiny BERT
+>>> cfg = jaxlora.AdapterConfig("condlora", rank=2, trainable=("classifier",))
+>>> adapter = jaxlora.init(jax.random.key(0), frozen, cfg)
+>>> interop.save_adapter("run/adapter", adapter, cfg)
+'run/adapter'
+>>> interop.save_peft("run/peft_adapter", module, frozen, adapter, cfg, "my-bert")
+'run/peft_adapter'
+>>> again, again_cfg = interop.load_peft("run/peft_adapter", module, frozen)   # CondLoRA comes back as plain LoRA
+>>> again_cfg.variant
+'lora'
+
+In PyTorch, ``peft.PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base),
+"run/peft_adapter")`` computes what jaxlora computes (tests/interop/test_peft.py checks it).
 """
 
 from jaxlora.interop.merged import save_merged

@@ -24,8 +24,11 @@ def atomic_folder(folder: str, owned_names: Iterable[str]) -> Iterator[str]:
     holding anything else is left untouched and is an error, so an export never
     deletes files it did not write.
 
-    >>> with atomic_folder("out/adapter", {"adapter_config.json"}) as tmp:
-    ...     write_json(os.path.join(tmp, "adapter_config.json"), {})
+    >>> with atomic_folder("out/adapter", {"notes.txt"}) as tmp:
+    ...     with open(os.path.join(tmp, "notes.txt"), "w") as f:
+    ...         _ = f.write("complete")
+    >>> os.listdir("out/adapter")
+    ['notes.txt']
     """
     folder = os.path.abspath(os.path.expanduser(folder))
     if os.path.exists(folder):

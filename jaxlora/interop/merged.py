@@ -8,10 +8,9 @@ such as the classifier in place) and writes ``config.json`` +
 adapter library at all. Any variant merges; the result is as large as the base
 model.
 
-Example::
-
-    save_merged("run/merged", module, frozen, adapter, cfg)
-    model = transformers.AutoModelForSequenceClassification.from_pretrained("run/merged")
+``transformers.AutoModelForSequenceClassification.from_pretrained("run/merged")``
+then loads the folder :func:`save_merged` wrote (tests/interop/test_merged.py
+compares its logits with jaxlora's).
 """
 
 from __future__ import annotations
@@ -30,8 +29,14 @@ def save_merged(folder: str, module, frozen: Mapping, adapter: Adapter, config: 
 
     The weights keep the frozen params' dtype (merging accumulates in fp32).
 
+    >>> from jaxlora import models
+    >>> module, frozen = models.from_config(models.tiny_config("bert"), num_labels=2)   # a tiny BERT
+    >>> cfg = jaxlora.AdapterConfig("lora", rank=2, trainable=("classifier",))
+    >>> adapter = jaxlora.init(jax.random.key(0), frozen, cfg)
     >>> save_merged("run/merged", module, frozen, adapter, cfg)
-    >>> transformers.AutoModelForSequenceClassification.from_pretrained("run/merged")
+    'run/merged'
+    >>> sorted(os.listdir("run/merged"))
+    ['config.json', 'model.safetensors']
     """
     from jaxlora.models import save_pretrained
 

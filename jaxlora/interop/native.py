@@ -18,10 +18,14 @@ Unlike the PEFT export, nothing is expanded: CondLoRA stores its shared maps
 frozen random ``a`` (in ``fixed``), so the adapter reloads as the same variant
 and can keep training. The frozen model is never saved here.
 
-Example::
-
-    save_adapter("run/adapter", adapter, cfg, metadata={"base_model": "roberta-base"})
-    adapter, cfg, metadata = load_adapter("run/adapter")
+>>> frozen = {"layer_0": {"query": {"kernel": jnp.ones((8, 8))}}}
+>>> cfg = jaxlora.AdapterConfig("bonly", rank=2, targets=("query",))
+>>> adapter = jaxlora.init(jax.random.key(0), frozen, cfg)
+>>> save_adapter("run/adapter", adapter, cfg, metadata={"base_model": "roberta-base"})
+'run/adapter'
+>>> loaded, loaded_cfg, metadata = load_adapter("run/adapter")
+>>> loaded_cfg == cfg, metadata, trees_equal(loaded, adapter)
+(True, {'base_model': 'roberta-base'}, True)
 """
 
 from __future__ import annotations
@@ -72,7 +76,10 @@ def save_adapter(folder: str, adapter: Adapter, config: AdapterConfig, metadata:
     Returns:
       The folder.
 
+    >>> cfg = jaxlora.AdapterConfig("lora", rank=2, targets=("query",))
+    >>> adapter = jaxlora.init(jax.random.key(0), {"query": {"kernel": jnp.ones((4, 4))}}, cfg)
     >>> save_adapter("run/adapter", adapter, cfg, metadata={"base_model": "minilm-l6"})
+    'run/adapter'
     """
     from safetensors.flax import save_file
 
@@ -119,7 +126,12 @@ def load_adapter(folder: str) -> tuple[Adapter, AdapterConfig, dict]:
     Arrays come back as JAX arrays with the dtypes and values they were saved
     with. A PEFT folder is an error that points to :func:`load_peft`.
 
+    >>> frozen = {"query": {"kernel": jnp.ones((4, 4))}}
+    >>> cfg = jaxlora.AdapterConfig("mtlora", rank=2, targets=("query",), options={"structure": "ctcm"})
+    >>> _ = save_adapter("run/adapter", jaxlora.init(jax.random.key(0), frozen, cfg), cfg)
     >>> adapter, cfg, metadata = load_adapter("run/adapter")
+    >>> cfg.options
+    MTLoRAOptions(structure='ctcm', init='kaiming')
     >>> params = jaxlora.apply(frozen, adapter, cfg)
     """
     from safetensors import SafetensorError
@@ -197,8 +209,12 @@ def _check_digest(digest: Any, arrays: Mapping[str, Any], weights: str) -> None:
 def trees_equal(x: Adapter, y: Adapter) -> bool:
     """Whether two adapters have the same structure, dtypes and bits (a test helper for round trips).
 
-    >>> trees_equal(adapter, load_adapter("run/adapter")[0])
+    >>> cfg = jaxlora.AdapterConfig("lora", rank=2, targets=("query",))
+    >>> adapter = jaxlora.init(jax.random.key(0), {"query": {"kernel": jnp.ones((4, 4))}}, cfg)
+    >>> trees_equal(adapter, load_adapter(save_adapter("run/adapter", adapter, cfg))[0])
     True
+    >>> trees_equal(adapter, adapter._replace(fixed={"x": jnp.zeros(1)}))
+    False
     """
     fx, fy = flatten({"t": x.trainable, "f": x.fixed}), flatten({"t": y.trainable, "f": y.fixed})
     if fx.keys() != fy.keys():

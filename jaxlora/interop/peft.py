@@ -27,12 +27,9 @@ leaves). PEFT options that change the computation in ways plain LoRA does not
 express (DoRA, ``fan_in_fan_out``, LoRA biases, other PEFT types, ...) are an
 error that names the option.
 
-Example::
-
-    save_peft("run/peft_adapter", module, frozen, adapter, cfg, base_model_name_or_path="roberta-base")
-    # PyTorch: PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained("roberta-base"),
-    #                                    "run/peft_adapter")
-    adapter, cfg = load_peft("run/peft_adapter", module, frozen)
+In PyTorch, ``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained("roberta-base"),
+"run/peft_adapter")`` loads an export (tests/interop/test_peft.py compares the logits), and
+``load_peft("run/peft_adapter", module, frozen)`` reads it back here.
 """
 
 from __future__ import annotations
@@ -157,9 +154,15 @@ def _modules_to_save(full_leaves: list[Path], names: _Names) -> dict[str, Path]:
 def peft_state_dict(module, frozen: Mapping, adapter: Adapter, config: AdapterConfig) -> tuple[dict, dict]:
     """The PEFT ``(adapter_config dict, {key: np.ndarray})`` of an adapter, without writing files.
 
+    >>> from jaxlora import models
+    >>> module, frozen = models.from_config(models.tiny_config("bert"), num_labels=2)   # a tiny BERT
+    >>> cfg = jaxlora.AdapterConfig("lora", rank=2, trainable=("classifier",))
+    >>> adapter = jaxlora.init(jax.random.key(0), frozen, cfg)
     >>> peft_config, tensors = peft_state_dict(module, frozen, adapter, cfg)
-    >>> tensors["base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight"].shape
-    (8, 384)
+    >>> tensors["base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight"].shape   # (r, d_in)
+    (2, 32)
+    >>> peft_config["target_modules"], peft_config["modules_to_save"]
+    (['query', 'value'], ['classifier'])
     """
     from jaxlora.models import hf_param_name
 
@@ -263,7 +266,14 @@ def save_peft(
       base_model_name_or_path: recorded in the config for PEFT to find the base
         model; defaults to the module config's ``_name_or_path`` when it has one.
 
-    >>> save_peft("run/peft_adapter", module, frozen, adapter, cfg, "FacebookAI/roberta-base")
+    >>> from jaxlora import models
+    >>> module, frozen = models.from_config(models.tiny_config("bert"), num_labels=2)   # a tiny BERT
+    >>> cfg = jaxlora.AdapterConfig("lora", rank=2, trainable=("classifier",))
+    >>> adapter = jaxlora.init(jax.random.key(0), frozen, cfg)
+    >>> save_peft("run/peft_adapter", module, frozen, adapter, cfg, "my-bert")
+    'run/peft_adapter'
+    >>> sorted(os.listdir("run/peft_adapter"))
+    ['README.md', 'adapter_config.json', 'adapter_model.safetensors']
     """
     from safetensors.numpy import save_file
 
@@ -289,8 +299,10 @@ def save_peft(
 def check_peft_config(peft_config: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` naming each PEFT option jaxlora cannot load as plain LoRA.
 
-    >>> check_peft_config({"peft_type": "LORA", "use_dora": True, ...})
-    ValueError: ... use_dora=True ...
+    >>> check_peft_config({"peft_type": "LORA", "r": 8, "use_dora": False})   # plain LoRA: fine
+    >>> check_peft_config({"peft_type": "LORA", "use_dora": True})
+    Traceback (most recent call last):
+    ValueError: This PEFT adapter uses options jaxlora cannot load as a plain LoRA adapter: use_dora=True ...
     """
     problems = []
     for field, wanted in _MUST_EQUAL.items():
@@ -360,8 +372,17 @@ def load_peft(folder: str, module, frozen: Mapping) -> tuple[Adapter, AdapterCon
       ValueError: an unsupported PEFT option (named), a module the model does not
         have, or a tensor whose shape does not fit the model.
 
-    >>> adapter, cfg = load_peft("peft_adapter/", module, frozen)
-    >>> logits = module.apply({"params": jaxlora.apply(frozen, adapter, cfg)}, ids, mask)
+    >>> from jaxlora import models
+    >>> module, frozen = models.from_config(models.tiny_config("bert"), num_labels=2)   # a tiny BERT
+    >>> cfg = jaxlora.AdapterConfig("lora", rank=2, trainable=("classifier",))
+    >>> adapter = jaxlora.init(jax.random.key(0), frozen, cfg)
+    >>> _ = save_peft("peft_adapter", module, frozen, adapter, cfg)
+    >>> loaded, loaded_cfg = load_peft("peft_adapter", module, frozen)
+    >>> loaded_cfg.rank, loaded_cfg.targets, loaded_cfg.trainable
+    (2, ('query', 'value'), ('classifier',))
+    >>> ids = jnp.ones((2, 5), jnp.int32)
+    >>> module.apply({"params": jaxlora.apply(frozen, loaded, loaded_cfg)}, ids, jnp.ones_like(ids)).shape
+    (2, 2)
     """
     folder = require_folder(folder, "a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
     peft_config = read_json(os.path.join(folder, CONFIG_FILE), "a PEFT adapter config")
