@@ -3,7 +3,7 @@
     python train.py --config configs/condlora_sst2.py:offline --workdir runs/condlora_sst2
     python train.py --config configs/lora_sst2.py --workdir runs/lora --config.lora.rank=16 --config.max_steps=500
 
-Everything happens in :func:`jaxlora.training.train`; see configs/common.py for the fields. Rerunning
+Everything happens in :func:`jaxlora.training.train`; see configs/glue.py for the experiments. Rerunning
 the same command resumes from the latest checkpoint in --workdir.
 """
 

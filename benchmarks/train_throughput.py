@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from configs import common  # noqa: E402
+from configs import glue  # noqa: E402
 from jaxlora import data as jdata  # noqa: E402
 from jaxlora import training  # noqa: E402
 from jaxlora.training import sharding as sh  # noqa: E402
@@ -42,8 +42,7 @@ from jaxlora.training import sharding as sh  # noqa: E402
 
 def offline_config(variant: str, args) -> "ml_collections.ConfigDict":  # noqa: F821
     """The offline config of ``variant`` with the benchmark's sizes."""
-    rates = common.CONDLORA_LEARNING_RATES if variant == "condlora" else common.LORA_LEARNING_RATES
-    config = common.get_config("offline", variant, rates, offline_learning_rate=1e-3)
+    config = glue.get_config(f"method={variant},offline")
     config.max_steps = args.steps
     config.batch_size = args.batch_size
     config.max_length = args.max_length

@@ -3,21 +3,15 @@
 The paper gives no B-only rates for this protocol: LoRA's per-task rates are used.
 Zhu et al. compare B-only at rank 2r with LoRA at rank r: add --config.lora.rank=16 for that.
 
+A shortcut for ``configs/glue.py:method=bonly``; the argument takes the same ``offline`` and task options.
+
     python train.py --config configs/bonly_sst2.py --workdir runs/bonly_sst2
     python train.py --config configs/bonly_sst2.py:offline --workdir runs/bonly_sst2 --config.max_steps=300
 """
 
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # config_flags loads this file by path: make `configs.common` importable
-    sys.path.insert(0, ROOT)
-
-from configs import common  # noqa: E402
+from configs import glue
 
 
 def get_config(arg=None):
     """The config; ``arg``: "offline" and/or a GLUE task name, comma-separated."""
-    config = common.get_config(arg, variant="bonly", learning_rates=common.LORA_LEARNING_RATES, offline_learning_rate=1e-3)
-    return config
+    return glue.get_config(glue.with_method("bonly", arg))

@@ -2,21 +2,15 @@
 
 Learning rates: the paper's per-task CondLoRA rates (METHODS.md section 3).
 
+A shortcut for ``configs/glue.py:method=condlora``; the argument takes the same ``offline`` and task options.
+
     python train.py --config configs/condlora_sst2.py --workdir runs/condlora_sst2
     python train.py --config configs/condlora_sst2.py:offline --workdir runs/condlora_sst2 --config.max_steps=300
 """
 
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # config_flags loads this file by path: make `configs.common` importable
-    sys.path.insert(0, ROOT)
-
-from configs import common  # noqa: E402
+from configs import glue
 
 
 def get_config(arg=None):
     """The config; ``arg``: "offline" and/or a GLUE task name, comma-separated."""
-    config = common.get_config(arg, variant="condlora", learning_rates=common.CONDLORA_LEARNING_RATES, offline_learning_rate=1e-3)
-    return config
+    return glue.get_config(glue.with_method("condlora", arg))

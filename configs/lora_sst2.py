@@ -2,21 +2,15 @@
 
 Learning rates: the paper's per-task LoRA rates (METHODS.md section 3).
 
+A shortcut for ``configs/glue.py:method=lora``; the argument takes the same ``offline`` and task options.
+
     python train.py --config configs/lora_sst2.py --workdir runs/lora_sst2
     python train.py --config configs/lora_sst2.py:offline --workdir runs/lora_sst2 --config.max_steps=300
 """
 
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # config_flags loads this file by path: make `configs.common` importable
-    sys.path.insert(0, ROOT)
-
-from configs import common  # noqa: E402
+from configs import glue
 
 
 def get_config(arg=None):
     """The config; ``arg``: "offline" and/or a GLUE task name, comma-separated."""
-    config = common.get_config(arg, variant="lora", learning_rates=common.LORA_LEARNING_RATES, offline_learning_rate=1e-3)
-    return config
+    return glue.get_config(glue.with_method("lora", arg))

@@ -1,8 +1,8 @@
 """The training config: every field :func:`jaxlora.training.train` reads, checked before a run starts.
 
 A run is described by one ``ml_collections.ConfigDict``. :func:`default_config` lists every field
-with a neutral default (the schema); the experiment files under ``configs/`` start from it and set
-a protocol (the CondLoRA paper's, or a CPU-sized offline one). :func:`validate` rejects unknown or
+(the schema) with the CondLoRA paper's protocol as defaults where it has one; ``configs/glue.py`` starts
+from it and sets what depends on the method (its learning rates) or the offline, CPU-sized runs. :func:`validate` rejects unknown or
 mistyped fields with a message naming them, so a typo never silently trains the default.
 
 A few fields resolve from the task when left at their "auto" value:
@@ -48,7 +48,7 @@ FULL_VARIANT = "full"
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Every field of a training run, with neutral defaults (a locked ``ConfigDict``).
+    """Every field of a training run, with its default (a locked ``ConfigDict``); defaults are the CondLoRA protocol's.
 
     >>> config = default_config()
     >>> config.model = "minilm-l6"
@@ -311,7 +311,11 @@ def num_epochs(config: ml_collections.ConfigDict, task: tasks.Task | None = None
     """
     if config.num_epochs > 0:
         return int(config.num_epochs)
-    return int((task or tasks.from_config(config)).default_epochs)
+    epochs = int((task or tasks.from_config(config)).default_epochs)
+    if epochs < 1:  # no hidden fallback: a task without a default says so
+        raise ValueError(f"config.num_epochs is 0 (the task's default), but task {config.task!r} has no default "
+                         "epoch count: set --config.num_epochs=N or --config.max_steps=N.")
+    return epochs
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,7 +366,7 @@ def flags_parser(argv: Sequence[str], flag: str = "config") -> list[str]:
             hint = f"Variant options have their own block now: use --{flag}.lora.{_moved_options()[name]}=... "
         sys.stderr.write(
             f"FATAL: unknown config field in {culprit!r}: {name!r} is not a field of that config. {hint}"
-            "The fields are listed in jaxlora/training/config.py (default_config) and set in configs/common.py.\n"
+            "The fields are listed in jaxlora/training/config.py (default_config) and set in configs/glue.py.\n"
         )
         sys.exit(2)
     except flags.Error as err:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import pathlib
 import random
@@ -10,8 +9,11 @@ import random
 import numpy as np
 import pytest
 
+from tests.adapters.helpers import builtin_variants
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
-METHODS = ("lora", "condlora", "bonly", "aonly", "mtlora", "full")
+# Every built-in variant, then full fine-tuning (from the registry: a new variant file is covered).
+METHODS = (*builtin_variants(), "full")
 
 POSITIVE = ["good", "great", "fine", "superb", "lovely", "fun"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "weak"]
@@ -75,8 +77,10 @@ def tiny_model(tmp_path_factory) -> pathlib.Path:
 
 
 def load_config(method: str, arg: str | None = None):
-    module = importlib.import_module(f"configs.{method}_sst2")
-    return module.get_config(arg)
+    """configs/glue.py's config for ``method`` (``arg``: its other options, e.g. ``"offline"``)."""
+    from configs import glue
+
+    return glue.get_config(glue.with_method(method, arg))
 
 
 def tiny(config, model_dir, glue_dir, tmp_path, **overrides):

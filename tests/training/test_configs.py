@@ -1,4 +1,5 @@
-"""Every config file loads, and trains two steps end to end on a tiny BERT and tiny SST-2."""
+"""configs/: the parametrised GLUE config and its per-method shortcuts load, take their options, and every
+method trains two steps end to end on a tiny BERT and tiny SST-2."""
 
 import json
 
@@ -61,6 +62,48 @@ def test_bad_or_moved_variant_options_are_named():
     with pytest.raises(ValueError, match=r"unknown field 'config.lora.structure'. Variant options have their own "
                                          r"block now: use 'config.lora.mtlora.structure'"):
         training.validate(config)
+
+
+def test_glue_config_argument_picks_method_task_and_offline(monkeypatch, tmp_path):
+    from configs import glue
+
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path))
+    assert glue.parse("method=condlora,task=rte,offline") == {"method": "condlora", "task": "rte", "offline": True}
+    assert glue.parse("offline,STS-B") == {"method": "lora", "task": "stsb", "offline": True}  # the old spelling
+    config = glue.get_config("method=full,task=mrpc,offline")
+    assert (config.lora.variant, config.task, config.optimizer.learning_rate) == ("full", "mrpc", 5e-5)
+    assert glue.get_config("method=mtlora").optimizer.task_learning_rates["sst2"] == pytest.approx(2.53e-4)
+    with pytest.raises(ValueError, match=r"Unknown method 'dora' in the config argument; choose one of \[.*'full'\]"):
+        glue.get_config("method=dora")
+    with pytest.raises(ValueError, match=r"Unknown config option 'ofline': use method=<.*>, task=<.*> and/or offline"):
+        glue.get_config("ofline")
+
+
+SHORTCUTS = sorted(p.stem for p in (REPO / "configs").glob("*_sst2.py"))
+
+
+def test_every_method_has_its_shortcut_file():
+    assert SHORTCUTS == sorted(f"{m}_sst2" for m in METHODS)
+
+
+@pytest.mark.parametrize("name", SHORTCUTS)
+def test_shortcut_files_load_by_path_as_users_type_them_and_equal_the_glue_config(name, monkeypatch, tmp_path):
+    from absl import flags
+    from ml_collections import config_flags
+
+    from configs import glue
+
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path))
+    monkeypatch.chdir(REPO)
+    assert "sys.path" not in (REPO / "configs" / f"{name}.py").read_text()
+    method = name.removesuffix("_sst2")
+    for arg, options in ((None, ""), ("offline", "offline"), ("offline,rte", "offline,task=rte")):
+        argv = ["train.py", f"--config=configs/{name}.py" + (f":{arg}" if arg else "")]
+        flag_values = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=argv)
+        flag_values(argv)
+        expected = glue.get_config(glue.with_method(method, options))
+        assert flag_values.config.to_dict() == expected.to_dict()
 
 
 def test_offline_config_uses_minilm_and_glue_dir(monkeypatch, tmp_path):
@@ -153,3 +196,15 @@ def flatten_get(tree, path):
     for name in path:
         tree = tree[name]
     return tree
+
+
+def test_num_epochs_has_no_hidden_fallback():
+    import types
+
+    config = training.default_config()
+    assert training.config.num_epochs(config) == 60  # SST-2's protocol cap
+    config.num_epochs = 3
+    assert training.config.num_epochs(config) == 3
+    config.num_epochs = 0
+    with pytest.raises(ValueError, match=r"task 'sst2' has no default epoch count: set --config.num_epochs=N"):
+        training.config.num_epochs(config, task=types.SimpleNamespace(default_epochs=0))
