@@ -6,11 +6,11 @@ Importing this module registers it; nothing in jaxlora names it.
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxlora.adapters.base import AdaptedKernel, Variant, kaiming_uniform, path_rng, register
+from jaxlora.adapters.base import Variant, kaiming_uniform, path_rng, register
+from jaxlora.adapters.lora import LoRAKernel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,12 +23,9 @@ class GainOptions:
 
 
 @struct.dataclass
-class GainKernel(AdaptedKernel):
-    kernel: jax.Array
-    a: jax.Array
-    b: jax.Array
-    scale: float = struct.field(pytree_node=False, default=1.0)
-    dropout_rate: float = struct.field(pytree_node=False, default=0.0)
+class GainKernel(LoRAKernel):
+    """LoRA's node (``kernel``, ``a``, ``b``) with the fixed gain folded into ``a``."""
+
     gain: float = struct.field(pytree_node=False, default=1.0)
 
     def factors(self):
