@@ -132,7 +132,7 @@ def test_condlora_on_non_square_is_an_error_unless_rectangular(model):
     cfg = _config(model, "condlora").replace(targets="all-linear")
     with pytest.raises(ValueError, match=r"CondLoRA \(paper form\) needs square weights(.|\n)*rectangular=True"):
         jaxlora.init(jax.random.key(0), model.frozen, cfg)
-    _assert_modes_agree(_steps(model, cfg.replace(rectangular=True)))
+    _assert_modes_agree(_steps(model, cfg.replace(options={"rectangular": True})))
 
 
 def _leaf(tree, path):
