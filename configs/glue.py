@@ -21,7 +21,7 @@ with seed 1, r=8 and alpha=8 on query and value, adapter dropout 0, weight decay
 validation per epoch), so this file sets only what depends on the method: its per-task learning rates.
 
 Config files are loaded by path; ``from configs import glue`` works because ``train.py`` (and pytest) run
-with the repository root on ``sys.path``.
+with the repository root on the import path.
 """
 
 from __future__ import annotations

@@ -11,13 +11,10 @@ SST-2 from ``$GLUE_DIR``, with a CPU-sized budget; without it the same run reads
 """
 
 import os
-import sys
+
+from jaxlora.training.config import default_config, glue_dir_default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # config_flags loads this file by path: make `configs.common` importable
-    sys.path.insert(0, ROOT)
-
-from jaxlora.training.config import default_config, glue_dir_default  # noqa: E402
 
 
 def get_config(arg=None):
@@ -35,9 +32,7 @@ def get_config(arg=None):
     config.lora.alpha = 16.0
     config.lora.targets = ("q_proj", "v_proj")
     config.lora.trainable = ()  # the LM head is the tied embedding: frozen
-    config.optimizer.learning_rate = 5e-4
-    config.optimizer.weight_decay = 0.0
-    config.optimizer.warmup_ratio = 0.1
+    config.optimizer.learning_rate = 5e-4  # weight decay 0 and warmup ratio 0.1: default_config's
     config.batch_size = 16
     config.max_steps = 2000
     config.eval_every = 500
