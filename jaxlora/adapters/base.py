@@ -70,6 +70,7 @@ from typing import Any, ClassVar, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 Array = jax.Array
 Path = tuple[str, ...]
@@ -128,6 +129,39 @@ class AdaptedKernel:
     @property
     def ndim(self) -> int:
         return self.kernel.ndim
+
+
+@struct.dataclass
+class MultiAxisKernel(AdaptedKernel):
+    """A multi-axis kernel's node in a factored params tree: the kernel as stored, and the node.
+
+    The variant's ``node`` works on the ``(d_in, d_out)`` matrix view; ``stored`` is the same
+    frozen kernel in the layer's own layout (``(d, heads, head_dim)``), first among the leaves,
+    so a layer that checks its param's shape (Linen's ``self.param``) sees what it expects and
+    then, outside :func:`jaxlora.intercept`, reaches the message that says what to do.
+    Everything else is the node's.
+    """
+
+    stored: Array
+    node: AdaptedKernel
+
+    @property
+    def kernel(self) -> Array:
+        return self.node.kernel
+
+    @property
+    def scale(self) -> float:
+        return self.node.scale
+
+    @property
+    def dropout_rate(self) -> float:
+        return self.node.dropout_rate
+
+    def factors(self):
+        return self.node.factors()
+
+    def lowrank(self, x):
+        return self.node.lowrank(x)
 
 
 def outside_intercept_message(node_name: str) -> str:

@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlora.adapters.base import FlatTree, Path, Target, get_variant
+from jaxlora.adapters.base import FlatTree, MultiAxisKernel, Path, Target, get_variant
 from jaxlora.adapters.config import AdapterConfig
 from jaxlora.adapters.targets import find_targets, find_trainable_leaves, flatten, join, unflatten
 
@@ -135,7 +135,13 @@ def apply(frozen: Mapping, adapter: Adapter, config: AdapterConfig, mode: str = 
     for path, node in _nodes(flat, adapter, config, targets).items():
         # A multi-axis kernel's node holds its matrix view; the merged kernel goes back to the
         # stored layout so the unmodified layer reads it as before.
-        flat[path + ("kernel",)] = node if mode == "factored" else targets[path].from_matrix(node.merged())
+        t = targets[path]
+        if mode == "merged":
+            flat[path + ("kernel",)] = t.from_matrix(node.merged())
+        elif len(t.kernel_shape) > 2:
+            flat[path + ("kernel",)] = MultiAxisKernel(flat[path + ("kernel",)], node)
+        else:
+            flat[path + ("kernel",)] = node
     for path, leaf in flatten(adapter.trainable.get("full", {})).items():
         if path not in flat:
             raise ValueError(f"Adapter trains {join(path)!r} in full, but the frozen params have no such leaf.")

@@ -160,6 +160,13 @@ def test_adapter_node_outside_intercept_says_what_to_do():
     graphdef, _ = jaxlora.nnx.split(linear)
     with pytest.raises(TypeError, match=r'jaxlora.intercept\(\)(.|\n)*mode="merged"'):
         jaxlora.nnx.merge(graphdef, params)(jnp.ones((1, 4)))
+    # A multi-axis kernel (attention's (d, heads, head_dim)) gets the same message.
+    model = OwnModel("linen")
+    cfg = _config(model, "lora")
+    params = jaxlora.apply(model.frozen, jaxlora.init(jax.random.key(0), model.frozen, cfg), cfg)
+    with pytest.raises(TypeError, match=r'jaxlora.intercept\(\)(.|\n)*mode="merged"'):
+        model.module.apply({"params": params}, inputs())
+    frozen, params = _lora_node()
     with jaxlora.intercept():  # the same calls inside the context run factored
         y = nn.Dense(6).apply({"params": params}, jnp.ones((1, 4)))
         z = jaxlora.nnx.merge(graphdef, params)(jnp.ones((1, 4)))
