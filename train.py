@@ -1,10 +1,15 @@
 """Fine-tune a model on a GLUE task with a jaxlora adapter: the training program.
 
-    python train.py --config configs/condlora_sst2.py:offline --workdir runs/condlora_sst2
+    python train.py --config configs/condlora_sst2.py:offline
     python train.py --config configs/lora_sst2.py --workdir runs/lora --config.lora.rank=16 --config.max_steps=500
 
-Everything happens in :func:`jaxlora.training.train`; see configs/glue.py for the experiments. Rerunning
-the same command resumes from the latest checkpoint in --workdir.
+Everything happens in :func:`jaxlora.training.train`; see configs/glue.py for the experiments.
+``--workdir`` defaults to ``runs/<config name>`` with the config's options (``runs/condlora_sst2_offline``
+above). Rerunning the same command resumes from the latest checkpoint in the workdir.
+
+A user error (a bad value, a broken data or model file, a full disk, checkpoints of another run)
+prints two lines, ``error: ...`` and ``hint: ...``, and exits with status 2; ``--traceback`` or
+``JAXLORA_TRACEBACK=1`` shows the full traceback instead. An interrupt exits with status 130.
 """
 
 import logging
@@ -17,10 +22,14 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 import jaxlora.training
+from jaxlora import errors
+from jaxlora.training import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lora_sst2.py:offline.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (checkpoints, metrics, results, adapter).")
-flags.mark_flags_as_required(["config", "workdir"])
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Output folder (checkpoints, metrics, results, adapter); default runs/<config name>[_<options>].")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of a user error (or JAXLORA_TRACEBACK=1).")
+flags.mark_flags_as_required(["config"])
 
 # Set by launchers of multi-process jobs (jax.distributed reads these itself).
 _MULTI_PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
@@ -31,25 +40,101 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+class _OneLineBackgroundErrors(logging.Filter):
+    """Drops the tracebacks libraries log when a background write fails (orbax's threads, asyncio's
+    unretrieved futures): the failure is re-raised in the main thread, as one line when it is the
+    user's (a full disk) and with its traceback when it is a bug, so each log record keeps its first line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            record.exc_info, record.exc_text = None, None
+            record.msg = str(record.msg).splitlines()[0] if record.msg else record.msg
+        return True
+
+
+def _quiet_closed_event_loop(hook):
+    """After a background write failed, tensorstore's callbacks hit orbax's closed asyncio loop and print
+    (through sys.excepthook or sys.unraisablehook) one "Event loop is closed" traceback each: noise, since
+    the cause is reported as one line."""
+
+    def excepthook(kind, value, tb):
+        if kind is RuntimeError and str(value) == "Event loop is closed":
+            return
+        hook(kind, value, tb)
+
+    return excepthook
+
+
+def _quiet_closed_event_loop_unraisable(hook):
+    def unraisablehook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        hook(unraisable)
+
+    return unraisablehook
+
+
+def _offline_spec(config_spec: str) -> str | None:
+    path, _, options = config_spec.partition(":")
+    names = [o.strip() for o in options.split(",") if o.strip()]
+    if "offline" in names:
+        return None
+    return f"{path}:{','.join(['offline'] + names)}"
+
+
+def as_user_error(err: BaseException, config_spec: str, workdir: str) -> errors.UserError | None:
+    """The one-line form of ``err`` when it is the user's to fix; None for a bug (keeps its traceback)."""
+    if isinstance(err, errors.HubUnreachableError):
+        offline = _offline_spec(config_spec)
+        hint = (f"Use --config {offline} (MiniLM-L6 and local GLUE files), or pass a local model folder with "
+                "--config.model=/path/to/model." if offline else
+                "Pass a local model folder with --config.model=/path/to/model, and local GLUE files with GLUE_DIR.")
+        return type(err)(err.message, hint, path=err.path)
+    if isinstance(err, errors.UserError):
+        return err
+    if isinstance(err, OSError) and err.errno is not None:
+        where = err.filename or workdir
+        return errors.from_os_error(err, f"to {os.path.basename(where)}" if err.filename else "the run's outputs",
+                                    os.path.dirname(where) if err.filename else where)
+    return None
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it writes at INFO
     logging.getLogger("jaxlora.training").setLevel(logging.INFO)
+    config_spec = config_flags.get_config_filename(flags.FLAGS["config"])
+    workdir = _WORKDIR.value
+    if not workdir:
+        workdir = workdir_lib.default_workdir(config_spec)
+        print(f"Writing to {workdir} (the default for this config; choose another with --workdir).", flush=True)
+    show_traceback = _TRACEBACK.value or os.environ.get("JAXLORA_TRACEBACK", "") not in ("", "0")
+    if not show_traceback:
+        absl_logging.get_absl_handler().addFilter(_OneLineBackgroundErrors())
+        sys.excepthook = _quiet_closed_event_loop(sys.excepthook)
+        sys.unraisablehook = _quiet_closed_event_loop_unraisable(sys.unraisablehook)
     if any(os.environ.get(name) for name in _MULTI_PROCESS_ENV):
         import jax
 
         jax.distributed.initialize()
     signal.signal(signal.SIGTERM, _interrupt)  # preemption: save a checkpoint like Ctrl-C does
     try:
-        results = jaxlora.training.train(_CONFIG.value, _WORKDIR.value)
+        workdir = workdir_lib.prepare(workdir)  # before the model loads: a read-only folder fails in a second
+        results = jaxlora.training.train(_CONFIG.value, workdir)
     except KeyboardInterrupt:
         sys.exit(130)  # the checkpoint is saved and the message printed
+    except Exception as err:
+        user_error = as_user_error(err, config_spec, workdir)
+        if user_error is None or show_traceback:
+            raise
+        sys.stderr.write(errors.one_line(user_error) + "\n")
+        sys.exit(2)
     rate = results["train_examples_per_s"]  # None when every step compiled (a very short run)
     print(f"{results['task']} {results['variant']}: test {results['metric_name']} {results['test_metric']:.4f} "
           f"(best step {results['best_step']}); {'-' if rate is None else f'{rate:.1f}'} train examples/s; "
-          f"results in {_WORKDIR.value}/results.json")
+          f"results in {os.path.join(workdir, 'results.json')}")
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = default_config()
     config.task = options["task"] or "sst2"
     config.lora.variant = method
-    config.optimizer.learning_rate = -1.0  # -> task_learning_rates[task]
+    config.optimizer.learning_rate = "task"  # -> task_learning_rates[task]
     rates = PROTOCOL_LEARNING_RATES.get(method, LORA_LEARNING_RATES)
     config.optimizer.task_learning_rates = ml_collections.ConfigDict(dict(rates))
 

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from jaxlora import errors
 from jaxlora.data.glue import GlueTask, get_task
 
 __all__ = ["Split", "take", "read_file", "FILE_EXTENSIONS", "Table", "split_from_table", "HOW_TO_POINT"]
@@ -99,8 +100,26 @@ class Table(NamedTuple):
     unit: str  # "line" or "row"
 
 
-def _malformed(path: str, unit: str, line: int, what: str) -> ValueError:
-    return ValueError(f"Malformed GLUE file {path}, {unit} {line}: {what}")
+def _malformed(path: str, unit: str, line: int, what: str) -> errors.DataError:
+    return errors.DataError(f"Malformed GLUE file {path}, {unit} {line}: {what}",
+                            f"Fix that {unit}, or point GLUE_DIR (--config.data_dir) at intact GLUE files.", path=path)
+
+
+def _undecodable(path: str, err: UnicodeDecodeError) -> errors.DataError:
+    """The line and column of the first bytes of ``path`` that are not UTF-8."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                return errors.DataError(
+                    f"GLUE file {path}, line {number}: byte {line[bad.start:bad.start + 1]!r} at column "
+                    f"{bad.start + 1} is not UTF-8 text.",
+                    "Convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8), or fix that line.",
+                    path=path,
+                )
+    return errors.DataError(f"GLUE file {path} is not UTF-8 text ({err.reason}).",
+                            "Convert the file to UTF-8.", path=path)
 
 
 def _uses_csv_quoting(body: str, width: int) -> bool:
@@ -251,7 +270,7 @@ def _pick(table: Table, candidates: Sequence[str], what: str, required: bool) ->
     return None
 
 
-def _parse_label(value: Any, task: GlueTask, table: Table, row: int) -> float | int:
+def _parse_label(value: Any, task: GlueTask, table: Table, row: int, split: str) -> float | int:
     if isinstance(value, str):
         value = value.strip()
         if value in task.label_names:
@@ -268,10 +287,12 @@ def _parse_label(value: Any, task: GlueTask, table: Table, row: int) -> float | 
             f"an integer in [0, {task.num_labels}) or one of {', '.join(task.label_names)}"
         )
         raise _malformed(table.path, table.unit, table.lines[row], f"label {value!r} is not {expected}.") from None
-    if not (-1 <= label < task.num_labels):
+    lowest = -1 if split == "test" else 0  # -1 marks an unlabeled row, which only a test file may have
+    if not (lowest <= label < task.num_labels):
+        unlabeled = " (-1 marks an unlabeled row, which only a test file may have)" if label == -1 else ""
         raise _malformed(
             table.path, table.unit, table.lines[row],
-            f"label {label} is out of range for {task.display_name} ({task.num_labels} classes; -1 = unlabeled).",
+            f"label {label} is not one of {task.display_name}'s classes 0..{task.num_labels - 1}{unlabeled}.",
         )
     return label
 
@@ -298,7 +319,7 @@ def split_from_table(task: GlueTask, table: Table, split: str) -> Split:
     if col_label is None:
         labels = np.full(n, np.nan if task.is_regression else -1, np.float32 if task.is_regression else np.int32)
     else:
-        parsed = [_parse_label(v, task, table, row) for row, v in enumerate(table.columns[col_label])]
+        parsed = [_parse_label(v, task, table, row, split) for row, v in enumerate(table.columns[col_label])]
         labels = np.asarray(parsed, np.float32 if task.is_regression else np.int32)
         if task.is_regression and split == "test" and n and np.all(labels == -1):
             labels = np.full(n, np.nan, np.float32)  # the hub marks unlabeled STS-B test rows with -1.0
@@ -335,16 +356,19 @@ def read_file(task: str | GlueTask, path: str | os.PathLike, split: str = "train
     if not os.path.isfile(path):
         raise FileNotFoundError(f"GLUE file {path!r} does not exist. " + HOW_TO_POINT)
     ext = path.rsplit(".", 1)[-1].lower()
-    if ext in ("tsv", "txt"):
-        table = _read_tsv(path, task, quoting)
-    elif ext == "csv":
-        table = _read_csv(path)
-    elif ext in ("jsonl", "json"):
-        table = _read_jsonl(path)
-    elif ext == "parquet":
-        table = _read_parquet(path)
-    else:
-        raise ValueError(f"Unsupported GLUE file type {path!r}: use one of .{', .'.join(FILE_EXTENSIONS)}.")
+    try:
+        if ext in ("tsv", "txt"):
+            table = _read_tsv(path, task, quoting)
+        elif ext == "csv":
+            table = _read_csv(path)
+        elif ext in ("jsonl", "json"):
+            table = _read_jsonl(path)
+        elif ext == "parquet":
+            table = _read_parquet(path)
+        else:
+            raise ValueError(f"Unsupported GLUE file type {path!r}: use one of .{', .'.join(FILE_EXTENSIONS)}.")
+    except UnicodeDecodeError as err:
+        raise _undecodable(path, err) from None
     return split_from_table(task, table, split)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from jaxlora import errors
 from jaxlora.data.glue import HUB_PATH, SPLIT_NAMES, GlueTask, normalise_name, get_task
 from jaxlora.data.readers import FILE_EXTENSIONS, HOW_TO_POINT, Split, Table, read_file, split_from_table
 from jaxlora.util import hub_offline_reason
@@ -116,9 +117,9 @@ def load_hub_split(task: str | GlueTask, split: str) -> Split:
         raise ValueError(f"Unknown split {split!r}: use one of {', '.join(SPLIT_NAMES)}.")
     reason = hub_offline_reason()
     if reason is not None:
-        raise ConnectionError(
-            f"Cannot load GLUE task {task.display_name} from the Hugging Face hub: {reason}. "
-            "Use local files instead: " + HOW_TO_POINT
+        raise errors.HubUnreachableError(
+            f"Cannot load GLUE task {task.display_name} from the Hugging Face hub: {reason}.",
+            "Use local files instead: " + HOW_TO_POINT,
         )
     import datasets  # heavy import, only on this path
 

@@ -22,7 +22,9 @@ import itertools
 import json
 import os
 import tempfile
+import warnings
 import weakref
+import zipfile
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
@@ -210,8 +212,10 @@ def tokenize(
     if os.path.isfile(path):
         try:
             return _load_npz(path)
-        except (OSError, ValueError, KeyError):
-            pass  # a truncated or foreign file: rebuild it below
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            # A truncated or foreign file: rebuilt below and replaced atomically, so the next run reads it.
+            warnings.warn(f"The tokenization cache {path} is unreadable ({type(err).__name__}: {err}); "
+                          "rebuilding it.", stacklevel=2)
     data = _tokenize_uncached(split, tokenizer, max_length, chunk_size)
     _save_npz(path, data)
     return data

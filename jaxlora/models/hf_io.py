@@ -35,6 +35,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
+from jaxlora import errors
 from jaxlora.models.family import families, get_family
 from jaxlora.util.trees import Path, flatten, unflatten
 
@@ -285,7 +286,17 @@ def _read_bin(path: str) -> dict[str, np.ndarray]:
             f"{path} is a PyTorch pickle; reading it needs torch (pip install torch), "
             "or convert the folder to model.safetensors."
         ) from err
-    tensors = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError (unsafe or foreign pickle), RuntimeError (truncated zip)
+        # Never repeat torch's own advice to retry with weights_only=False: that runs the pickle's code.
+        raise errors.ModelLoadError(
+            f"{path} cannot be loaded as plain PyTorch tensors ({type(err).__name__}); it is truncated, "
+            "or a pickle holding more than tensors, which jaxlora never unpickles.",
+            "Convert the checkpoint to model.safetensors from a trusted copy (e.g. with transformers' "
+            "save_pretrained(..., safe_serialization=True)), or download it again.",
+            path=path,
+        ) from None
     out = {}
     for key, tensor in tensors.items():
         if tensor.dtype == torch.bfloat16:
@@ -309,8 +320,22 @@ def read_state_dict(folder: str) -> dict[str, np.ndarray]:
 
     state_dict: dict[str, np.ndarray] = {}
     for path in checkpoint_files(folder):
-        state_dict.update(_read_bin(path) if path.endswith(".bin") else load_file(path))
+        state_dict.update(_read_bin(path) if path.endswith(".bin") else _read_safetensors(path, load_file))
     return state_dict
+
+
+def _read_safetensors(path: str, load_file) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise errors.ModelLoadError(
+            f"{path} cannot be read as safetensors ({str(err).splitlines()[0][:160] if str(err) else type(err).__name__}); "
+            f"the file is truncated or corrupt ({os.path.getsize(path)} bytes on disk).",
+            "Download or save the model again.",
+            path=path,
+        ) from None
 
 
 def write_safetensors(state_dict: Mapping[str, np.ndarray], folder: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+from jaxlora import errors
 from jaxlora.models import gguf
 from jaxlora.util.hub import hub_offline_reason
 
@@ -91,9 +92,10 @@ def resolve(name_or_path: str | os.PathLike) -> str:
         pass
     reason = hub_offline_reason()
     if reason is not None:
-        raise OSError(
+        raise errors.HubUnreachableError(
             f"{name_or_path!r} is not a local folder or preset, and the Hugging Face Hub cannot be used "
-            f"({reason}). Pass a local folder that holds config.json and model.safetensors (e.g. one "
-            f"saved with save_pretrained), or a preset: {presets()}."
+            f"({reason}).",
+            f"Pass a local folder that holds config.json and model.safetensors (e.g. one saved with "
+            f"save_pretrained), or a preset: {presets()}.",
         )
     return snapshot_download(name_or_path, allow_patterns=_HUB_PATTERNS)

@@ -264,6 +264,25 @@ class Checkpointer:
             )
         return dict(meta)
 
+    def newest_meta(self) -> dict | None:
+        """The metadata of the newest step whose metadata reads (None: no such step); reads no arrays.
+
+        >>> import tempfile, jax.numpy as jnp
+        >>> ckpt = Checkpointer(tempfile.mkdtemp(), async_save=False)
+        >>> ckpt.save(4, {"w": jnp.ones(2)}, {"task": "sst2"})
+        True
+        >>> ckpt.newest_meta()["task"]
+        'sst2'
+        >>> ckpt.close()
+        """
+        self.wait()
+        for step in reversed(self.steps):
+            try:
+                return self._read_meta(step)
+            except errors.CorruptCheckpointError:
+                continue  # restore_latest quarantines it
+        return None
+
     def restore(self, step: int, target: Any, check_meta: Callable[[dict], None] | None = None) -> Restored:
         """Restore step ``step`` onto ``target`` (see :func:`abstract_like`), checking its digest.
 

@@ -7,8 +7,9 @@ mistyped fields with a message naming them, so a typo never silently trains the 
 
 A few fields resolve from the task when left at their "auto" value:
 
-* ``optimizer.learning_rate = -1``: ``optimizer.task_learning_rates[task]`` (a method's per-task
-  learning rates, filled by the config files), so ``--config.task=rte`` picks RTE's rate;
+* ``optimizer.learning_rate = "task"``: ``optimizer.task_learning_rates[task]`` (a method's per-task
+  learning rates, filled by the config files), so ``--config.task=rte`` picks RTE's rate. Any
+  number must be positive: there is no magic negative value;
 * ``num_epochs = 0``: the task's default (for GLUE, the protocol's epoch cap ``GlueTask.max_epochs``).
 
 >>> config = default_config()
@@ -32,9 +33,11 @@ import ml_collections
 from jaxlora.adapters.base import get_variant, registered_variants
 from jaxlora.adapters.config import AdapterConfig
 from jaxlora import tasks
+from jaxlora.errors import ConfigError
 
 __all__ = [
     "FULL_VARIANT",
+    "TASK_LEARNING_RATE",
     "default_config",
     "validate",
     "adapter_config",
@@ -45,6 +48,8 @@ __all__ = [
 
 # Not a low-rank variant: every model parameter trains (full fine-tuning, the usual baseline).
 FULL_VARIANT = "full"
+# optimizer.learning_rate's sentinel: the task's entry of optimizer.task_learning_rates.
+TASK_LEARNING_RATE = "task"
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -88,8 +93,9 @@ def default_config() -> ml_collections.ConfigDict:
 
     # Optimisation: adamw with linear warmup and linear decay to zero.
     c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.learning_rate = 1e-4  # -1: task_learning_rates[task]
-    c.optimizer.task_learning_rates = ml_collections.ConfigDict()  # {task: lr}, used when learning_rate = -1
+    # A positive number, or TASK_LEARNING_RATE ("task"): task_learning_rates[task].
+    c.optimizer.learning_rate = ml_collections.FieldReference(1e-4, field_type=object)
+    c.optimizer.task_learning_rates = ml_collections.ConfigDict()  # {task: lr}, used when learning_rate = "task"
     c.optimizer.lowrank_learning_rate = -1.0  # group "lowrank" (adapter); -1: learning_rate
     c.optimizer.full_learning_rate = -1.0  # group "full" (head / full fine-tuning); -1: learning_rate
     c.optimizer.weight_decay = 0.0  # decoupled, on matrices only (not biases or norms)
@@ -111,6 +117,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep = 2  # latest checkpoints kept, besides the best one by validation
     c.checkpoint.every = 0  # steps between extra saves (0: save at each validation only)
     c.checkpoint.async_save = True  # write in the background while training goes on
+    c.divergence = ml_collections.ConfigDict()  # stop when the loss runs away (like a NaN stops it)
+    c.divergence.factor = 10.0  # a loss over factor x the first logged loss ...
+    c.divergence.steps = 20  # ... for this many consecutive steps stops the run (0: never)
     c.checkpoint.verify = True  # a digest of the state in each checkpoint, checked on restore (quarantine on mismatch)
     c.resume = True  # continue from workdir's latest checkpoint when there is one
     c.init_from_peft = ""  # a PEFT LoRA folder to start from (needs jaxlora.interop)
@@ -152,6 +161,8 @@ def _check_fields(config, schema, path: tuple[str, ...], problems: list[str]) ->
         value, default = config[key], schema[key]
         if path + (key,) in _FREE_MAPPINGS:
             continue
+        if path + (key,) == ("optimizer", "learning_rate") and value == TASK_LEARNING_RATE:
+            continue
         if isinstance(default, ml_collections.ConfigDict):
             if not isinstance(value, (ml_collections.ConfigDict, dict)):
                 problems.append(f"{where} must be a group of fields, got {value!r}.")
@@ -169,14 +180,13 @@ def _check_fields(config, schema, path: tuple[str, ...], problems: list[str]) ->
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raise one ``ValueError`` listing every unknown or invalid field of ``config``.
+    """Raise one :class:`~jaxlora.errors.ConfigError` (a ``ValueError``) naming every invalid field of ``config``.
 
     >>> config = default_config().unlock()
     >>> config.lora.rnk = 4
     >>> validate(config)   # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ValueError: Invalid training config:
-      - unknown field 'config.lora.rnk'. Did you mean 'config.lora.rank'? Known fields there: [...].
+    jaxlora.errors.ConfigError: Invalid training config: unknown field 'config.lora.rnk'. Did you mean 'config.lora.rank'? Known fields there: [...]. Fix it ...
     """
     problems: list[str] = []
     schema = default_config()
@@ -206,8 +216,58 @@ def validate(config: ml_collections.ConfigDict) -> None:
             problems.append(f"config.checkpoint.keep must be at least 1, got {config.checkpoint.keep}.")
         if config.max_steps == 0:
             problems.append("config.max_steps=0 trains nothing: use a positive cap, or -1 for none.")
+    if not problems:
+        problems += _value_problems(config)
+    if len(problems) == 1:
+        raise ConfigError(f"Invalid training config: {problems[0]}", _HINT)
     if problems:
-        raise ValueError("Invalid training config:\n  - " + "\n  - ".join(problems))
+        raise ConfigError(f"Invalid training config ({len(problems)} problems): "
+                          + " ".join(f"({i}) {p}" for i, p in enumerate(problems, start=1)), _HINT)
+
+
+_HINT = "Fix it in the config file or with --config.<field>=<value>; every field is listed in configs/common.py."
+
+
+def _value_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """Values that type-check but cannot train: each would otherwise fail late or, worse, silently."""
+    problems = []
+    lr = config.optimizer.learning_rate
+    if lr == TASK_LEARNING_RATE:
+        if tasks.from_config(config).name not in dict(config.optimizer.task_learning_rates):
+            problems.append(
+                f"config.optimizer.learning_rate={TASK_LEARNING_RATE!r} takes the task's rate, but "
+                f"config.optimizer.task_learning_rates has no entry for {config.task!r} "
+                f"(it has {sorted(dict(config.optimizer.task_learning_rates))}): set a number instead."
+            )
+    elif isinstance(lr, str) or isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        problems.append(f"config.optimizer.learning_rate={lr!r} must be a positive number or {TASK_LEARNING_RATE!r} "
+                        "(the task's rate from config.optimizer.task_learning_rates).")
+    elif not lr > 0:
+        problems.append(f"config.optimizer.learning_rate={lr} must be positive (or {TASK_LEARNING_RATE!r} for the "
+                        "task's rate); there is no magic negative value.")
+    for name in ("lowrank_learning_rate", "full_learning_rate"):
+        value = config.optimizer[name]
+        if value == 0 or value < -1:
+            problems.append(f"config.optimizer.{name}={value} must be positive (or -1: the base learning rate).")
+    if config.lora.variant != FULL_VARIANT:
+        if not config.lora.alpha > 0:
+            problems.append(f"config.lora.alpha={config.lora.alpha} must be positive: the update is scaled by "
+                            "alpha / rank, so alpha <= 0 trains nothing or the wrong way.")
+        if not 0.0 <= config.lora.dropout < 1.0:
+            problems.append(f"config.lora.dropout={config.lora.dropout} must be in [0, 1).")
+        if config.lora.rank < 1:
+            problems.append(f"config.lora.rank={config.lora.rank} must be at least 1.")
+    if config.model_dropout >= 1.0:
+        problems.append(f"config.model_dropout={config.model_dropout} must be below 1 (or < 0: the checkpoint's).")
+    if config.divergence.factor < 0 or config.divergence.steps < 0:
+        problems.append("config.divergence.factor and config.divergence.steps must be >= 0 (steps 0: never stop).")
+    try:
+        from jaxlora.training import sharding
+
+        sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    except ValueError as err:
+        problems.append(f"config.mesh: {err}")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,27 +337,29 @@ def _plain(value):
 
 
 def learning_rate(config: ml_collections.ConfigDict, task: tasks.Task | None = None) -> float:
-    """The base learning rate: ``optimizer.learning_rate``, or the task's entry when it is -1.
+    """The base learning rate: ``optimizer.learning_rate``, or the task's entry when it is ``"task"``.
 
     ``task`` is the run's task object (built from ``config`` when not given).
 
     >>> config = default_config()
-    >>> config.optimizer.learning_rate = -1
+    >>> config.optimizer.learning_rate = "task"
     >>> config.optimizer.task_learning_rates = {"rte": 1.62e-4}
     >>> config.task = "RTE"
     >>> learning_rate(config)
     0.000162
     """
     opt = config.optimizer
-    if opt.learning_rate > 0:
+    if opt.learning_rate != TASK_LEARNING_RATE:
+        if not opt.learning_rate > 0:
+            raise ConfigError(f"config.optimizer.learning_rate={opt.learning_rate} must be positive.",
+                              f"Set a positive rate, or {TASK_LEARNING_RATE!r} for the task's.")
         return float(opt.learning_rate)
     table = dict(opt.task_learning_rates)
     name = (task or tasks.from_config(config)).name
     if name not in table:
-        raise ValueError(
-            f"config.optimizer.learning_rate is -1 (the task's rate) but task_learning_rates has no entry "
-            f"for {name!r} (it has {sorted(table)}): set --config.optimizer.learning_rate=<value>."
-        )
+        raise ConfigError(
+            f"config.optimizer.learning_rate is {TASK_LEARNING_RATE!r} (the task's rate) but task_learning_rates "
+            f"has no entry for {name!r} (it has {sorted(table)}).", "Set --config.optimizer.learning_rate=<value>.")
     return float(table[name])
 
 

@@ -37,11 +37,13 @@ import jax
 import numpy as np
 
 from jaxlora import data as jdata
+from jaxlora import errors, tasks
 from jaxlora.adapters.core import Adapter
 from jaxlora.training import checkpoint as ckpt_lib
 from jaxlora.training import config as config_lib
 from jaxlora.training import optim, reporting
 from jaxlora.training import sharding as sh
+from jaxlora.training import workdir as workdir_lib
 from jaxlora.training.assembly import Run, build
 from jaxlora.training.step import TrainState, evaluate, make_eval_step, make_train_step
 from jaxlora.training.throughput import Throughput
@@ -74,21 +76,64 @@ def _meta(loader: jdata.LoaderState, step: int, selection: _Selection, run: Run,
         "metric_name": run.metric_name,
         "validation": validation,
         "total_steps": run.total_steps,
-        "task": run.task.name,
-        "variant": run.method.name,
-        "model": run.config.model,
-        "batch_size": int(run.config.batch_size),
+        **_run_identity(run),  # what a rerun must share to resume (task, variant, model, batch, adapter)
     }
 
 
-def _check_resumable(meta: Mapping, run: Run, directory: str) -> None:
-    for key, current in (("task", run.task.name), ("variant", run.method.name),
-                         ("model", run.config.model), ("batch_size", int(run.config.batch_size))):
-        if key in meta and meta[key] != current:
-            raise ValueError(
-                f"The checkpoints in {directory} are from a run with {key}={meta[key]!r}, this config has "
-                f"{current!r}: use a new --workdir, or delete the old checkpoints."
-            )
+def _config_identity(config) -> dict:
+    adapter = None if config.init_from_peft else config_lib.adapter_config(config)  # PEFT's config is read later
+    return workdir_lib.run_identity(tasks.from_config(config).name, config.lora.variant, config.model,
+                                    config.batch_size, adapter.to_dict() if adapter is not None else None)
+
+
+def _run_identity(run: Run) -> dict:
+    adapter = run.method.adapter_config
+    return workdir_lib.run_identity(run.task.name, run.method.name, run.config.model, run.config.batch_size,
+                                    adapter.to_dict() if adapter is not None else None)
+
+
+def _set_aside_outputs(workdir: str, exclude: tuple[str, ...] = ()) -> None:
+    moved = workdir_lib.move_outputs_to_previous(workdir, exclude=exclude)
+    if moved is not None:
+        print(f"Starting over: moved the previous run's outputs to {moved}.", flush=True)
+
+
+def _refuse_or_set_aside_previous_run(config, workdir: str) -> None:
+    """Reruns never destroy: another run's checkpoints are refused; starting over moves old outputs first."""
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    newest = None
+    if os.path.isdir(ckpt_dir) and config.resume:
+        reader = ckpt_lib.Checkpointer(ckpt_dir, async_save=False)
+        try:
+            newest = reader.newest_meta()
+        finally:
+            reader.close()
+    if newest is not None:
+        workdir_lib.check_same_run(newest, _config_identity(config), ckpt_dir)
+        return  # a resume: restore_latest checks every step it tries the same way
+    _set_aside_outputs(workdir)
+
+
+def _resume_check(run: Run, ckpt_dir: str) -> Callable[[dict], None]:
+    """The metadata check of each checkpoint tried: same run, and a loader position inside the data."""
+    identity = _run_identity(run)
+
+    def check(meta: dict) -> None:
+        workdir_lib.check_same_run(meta, identity, ckpt_dir)
+        try:
+            loader = jdata.LoaderState.from_array(meta["loader"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise errors.CorruptCheckpointError(f"Checkpoint step {meta.get('step')} in {ckpt_dir} has no valid "
+                                                f"loader position ({type(err).__name__}: {err}).") from None
+        if not (loader.epoch >= 0 and 0 <= loader.step <= run.steps_per_epoch):
+            raise errors.CorruptCheckpointError(
+                f"Checkpoint step {meta.get('step')} in {ckpt_dir} has a loader position {list(loader)} "
+                f"(epoch, batch, seed) outside the data ({run.steps_per_epoch} batches per epoch).")
+
+    return check
+
+
+def _warn_on_other_schedule(meta: Mapping, run: Run) -> None:
     if meta.get("total_steps") not in (None, run.total_steps):
         log.warning("Resuming a run planned for %s steps with %s steps: the learning-rate schedule changes.",
                     meta["total_steps"], run.total_steps)
@@ -105,21 +150,14 @@ def _last_good_checkpoint(checkpointer: ckpt_lib.Checkpointer, last_saved: int) 
     return "none (no checkpoint was saved yet)"
 
 
-def _refuse_unwanted_resume(config, ckpt_dir: str) -> None:
-    if not config.resume and os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir)):
-        raise FileExistsError(
-            f"{ckpt_dir} already holds checkpoints and config.resume is False: use a new --workdir "
-            "(or --config.resume=True to continue that run)."
-        )
-
-
 def _resume(run: Run, checkpointer: ckpt_lib.Checkpointer, state_target, ckpt_dir: str):
     """``(state, loader, step, selection)`` of the latest readable checkpoint, or of a fresh start."""
     start = (run.initial_state, jdata.LoaderState(seed=int(run.config.seed)), 0, _Selection())
-    restored = checkpointer.restore_latest(state_target) if run.config.resume else None
+    restored = checkpointer.restore_latest(state_target, _resume_check(run, ckpt_dir)) if run.config.resume else None
     if restored is None:
+        _set_aside_outputs(os.path.dirname(ckpt_dir), exclude=("checkpoints",))  # all corrupt: a fresh start
         return start
-    _check_resumable(restored.meta, run, ckpt_dir)
+    _warn_on_other_schedule(restored.meta, run)
     step = restored.step
     selection = _Selection(best_step=int(restored.meta.get("best_step", -1)),
                            best_metric=float(restored.meta.get("best_metric") or -math.inf),
@@ -291,8 +329,9 @@ def train(config, workdir: str | os.PathLike, *, hooks: Sequence[Callable[[int],
     The module docstring gives the command; ``tests/training/test_configs.py`` runs it on a tiny BERT.
     """
     wall_start = time.perf_counter()
-    workdir = os.path.abspath(os.fspath(workdir))
-    os.makedirs(workdir, exist_ok=True)
+    workdir = workdir_lib.prepare(workdir)  # a read-only or file workdir fails here, before anything loads
+    config_lib.validate(config)
+    _refuse_or_set_aside_previous_run(config, workdir)  # before the model loads, so a refusal is immediate
     run = build(config)
     cfg = run.config
     log.info("%s on %s: %d train / %d validation / %d test examples; %d steps (%d per epoch); mesh %s",
@@ -304,7 +343,6 @@ def train(config, workdir: str | os.PathLike, *, hooks: Sequence[Callable[[int],
         log.info("\n%s", table)
 
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    _refuse_unwanted_resume(cfg, ckpt_dir)
     checkpointer = ckpt_lib.Checkpointer(ckpt_dir, keep=int(cfg.checkpoint.keep),
                                          async_save=bool(cfg.checkpoint.async_save),
                                          verify=bool(cfg.checkpoint.verify))

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import jaxlora.errors
 from jaxlora import data as jdata
 from tests.data.glue_files import GLUE_DIR, needs_glue
 
@@ -163,8 +164,21 @@ def test_malformed_rows_name_file_line_and_problem(tmp_path):
     with pytest.raises(ValueError, match=rf"{path}, line 3: label 'maybe' is not an integer in \[0, 2\)"):
         jdata.read_split("mrpc", "train", tmp_path)
     path.write_text(header + "7\t1\t2\tA.\tB.\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"line 2: label 7 is out of range for MRPC"):
+    with pytest.raises(ValueError, match=r"line 2: label 7 is not one of MRPC's classes 0..1\."):
         jdata.read_split("mrpc", "train", tmp_path)
+    path.write_text(header + "-1\t1\t2\tA.\tB.\n", encoding="utf-8")  # unlabeled: never trained as a class
+    with pytest.raises(jaxlora.errors.DataError, match=r"line 2: label -1 is not one of MRPC's classes 0..1 "
+                                                       r"\(-1 marks an unlabeled row, which only a test file may have\)"):
+        jdata.read_split("mrpc", "train", tmp_path)
+
+
+def test_non_utf8_data_names_the_file_line_and_column(tmp_path):
+    (tmp_path / "SST-2").mkdir()
+    path = tmp_path / "SST-2" / "train.tsv"
+    path.write_bytes(b"sentence\tlabel\ngood film\t1\ncaf\xe9 noir\t0\n")
+    with pytest.raises(jaxlora.errors.DataError, match=rf"GLUE file {path}, line 3: byte b'\\xe9' at column 4 "
+                                                       r"is not UTF-8 text\. Convert the file to UTF-8"):
+        jdata.read_split("sst2", "train", tmp_path)
 
 
 def test_malformed_jsonl_and_missing_columns(tmp_path):

@@ -1,0 +1,57 @@
+"""Values that type-check but cannot train are refused up front, each in one line naming its field."""
+
+import jax
+import pytest
+
+from jaxlora import errors, training
+from jaxlora.training import config as config_lib
+from tests.training.conftest import load_config
+
+BAD_VALUES = [
+    ("optimizer.learning_rate", -0.001, r"config.optimizer.learning_rate=-0.001 must be positive .*no magic negative"),
+    ("optimizer.learning_rate", 0.0, r"config.optimizer.learning_rate=0.0 must be positive"),
+    ("optimizer.learning_rate", "fast", r"config.optimizer.learning_rate must be a number, got 'fast'"),
+    ("lora.alpha", 0.0, r"config.lora.alpha=0.0 must be positive"),
+    ("lora.alpha", -8.0, r"config.lora.alpha=-8.0 must be positive"),
+    ("lora.dropout", 1.0, r"config.lora.dropout=1.0 must be in \[0, 1\)"),
+    ("lora.dropout", -0.1, r"config.lora.dropout=-0.1 must be in \[0, 1\)"),
+    ("optimizer.warmup_ratio", 1.0, r"config.optimizer.warmup_ratio must be in \[0, 1\), got 1.0"),
+    ("optimizer.warmup_ratio", -0.5, r"config.optimizer.warmup_ratio must be in \[0, 1\), got -0.5"),
+    ("mesh.data", jax.device_count() + 1, r"config.mesh: The mesh data=\d+ x fsdp=1 x tensor=1 needs \d+ devices"),
+    ("mesh.fsdp", jax.device_count() + 1, r"config.mesh: .*do not divide the \d+ available devices"),
+]
+
+
+def _set(config, dotted, value):
+    node = config
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+        node = node[name]
+    node[leaf] = value
+
+
+@pytest.mark.parametrize("field,value,message", BAD_VALUES, ids=[f"{f}={v}" for f, v, _ in BAD_VALUES])
+def test_each_bad_value_is_refused_in_one_line(field, value, message):
+    config = load_config("lora", "offline")
+    _set(config, field, value)
+    with pytest.raises(errors.ConfigError, match=message) as err:
+        training.validate(config)
+    assert "\n" not in str(err.value) and err.value.hint
+    assert isinstance(err.value, ValueError)  # callers catching ValueError still do
+
+
+def test_the_task_sentinel_takes_the_task_rate_and_needs_an_entry():
+    config = load_config("condlora")  # the protocol: learning_rate = "task"
+    assert config.optimizer.learning_rate == config_lib.TASK_LEARNING_RATE
+    training.validate(config)
+    assert config_lib.learning_rate(config) == pytest.approx(4.14e-4)
+    config.optimizer.task_learning_rates = {"rte": 1.62e-4}
+    with pytest.raises(errors.ConfigError, match=r"'task' takes the task's rate, but .* no entry for 'sst2'"):
+        training.validate(config)
+
+
+def test_several_problems_are_listed_in_one_message():
+    config = load_config("lora", "offline")
+    config.lora.alpha, config.lora.dropout = 0.0, 2.0
+    with pytest.raises(errors.ConfigError, match=r"\(2 problems\): \(1\) config.lora.alpha=0.0 .* \(2\) config.lora"):
+        training.validate(config)
