@@ -17,12 +17,19 @@ import os
 import signal
 import sys
 
+# Until jaxlora's handlers are installed (importing JAX takes seconds), a signal is only noted, so an
+# interrupt at any point ends the same way: exit 130, never a traceback from inside an import.
+_EARLY_SIGNALS: list[int] = []
+for _signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(_signum, lambda signum, frame: _EARLY_SIGNALS.append(signum))
+
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
 import jaxlora.training
 from jaxlora import errors
+from jaxlora.training import interrupts
 from jaxlora.training import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lora_sst2.py:offline.")
@@ -34,10 +41,6 @@ flags.mark_flags_as_required(["config"])
 # Set by launchers of multi-process jobs (jax.distributed reads these itself).
 _MULTI_PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
                       "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 class _OneLineBackgroundErrors(logging.Filter):
@@ -119,8 +122,11 @@ def main(argv):
         import jax
 
         jax.distributed.initialize()
-    signal.signal(signal.SIGTERM, _interrupt)  # preemption: save a checkpoint like Ctrl-C does
+    interrupts.install()  # SIGINT and SIGTERM (preemption) set a flag; the loop stops between steps and saves
+    for signum in _EARLY_SIGNALS[:1]:
+        interrupts.record(signum)
     try:
+        interrupts.raise_if_requested()
         workdir = workdir_lib.prepare(workdir)  # before the model loads: a read-only folder fails in a second
         results = jaxlora.training.train(_CONFIG.value, workdir)
     except KeyboardInterrupt:

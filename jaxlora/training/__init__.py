@@ -32,14 +32,14 @@ from jaxlora.tasks.metrics import compute_metrics, primary_metric
 from jaxlora.training.assembly import Run, build
 from jaxlora.training.checkpoint import Checkpointer
 from jaxlora.training.config import FULL_VARIANT, adapter_config, default_config, flags_parser, validate
-from jaxlora.training.loop import NonFiniteLossError, train
+from jaxlora.training.loop import DivergenceError, NonFiniteLossError, train
 from jaxlora.training.methods import FullFineTune, LowRank, TrainingMethod, as_method, method_from_config
 from jaxlora.training.optim import OptimizerSpec, linear_schedule, make_optimizer
 from jaxlora.training.sharding import make_mesh
 from jaxlora.training.step import TrainState, evaluate, make_eval_step, make_train_step, model_params
 
 __all__ = [
-    "Checkpointer", "FULL_VARIANT", "FullFineTune", "LowRank", "NonFiniteLossError", "OptimizerSpec", "Run",
+    "Checkpointer", "DivergenceError", "FULL_VARIANT", "FullFineTune", "LowRank", "NonFiniteLossError", "OptimizerSpec", "Run",
     "TrainState", "TrainingMethod", "adapter_config", "as_method", "build", "compute_metrics",
     "default_config", "evaluate", "flags_parser", "linear_schedule", "loss_fn", "make_eval_step", "make_mesh",
     "make_optimizer", "make_train_step", "method_from_config", "model_params", "primary_metric", "train",

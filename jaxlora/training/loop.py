@@ -41,6 +41,7 @@ from jaxlora import errors, tasks
 from jaxlora.adapters.core import Adapter
 from jaxlora.training import checkpoint as ckpt_lib
 from jaxlora.training import config as config_lib
+from jaxlora.training import interrupts
 from jaxlora.training import optim, reporting
 from jaxlora.training import sharding as sh
 from jaxlora.training import workdir as workdir_lib
@@ -48,13 +49,33 @@ from jaxlora.training.assembly import Run, build
 from jaxlora.training.step import TrainState, evaluate, make_eval_step, make_train_step
 from jaxlora.training.throughput import Throughput
 
-__all__ = ["NonFiniteLossError", "train"]
+__all__ = ["NonFiniteLossError", "DivergenceError", "train"]
 
 log = logging.getLogger("jaxlora.training")
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.TrainingStoppedError):
     """The training loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class DivergenceError(errors.TrainingStoppedError):
+    """The loss stayed over ``divergence.factor`` times its first logged value for ``divergence.steps`` steps."""
+
+
+@dataclasses.dataclass
+class _Divergence:
+    """Counts consecutive steps whose loss is over ``factor`` x the first logged loss (``steps`` 0: off)."""
+
+    factor: float
+    steps: int
+    reference: float | None = None
+    over: int = 0
+
+    def diverged(self, loss: float) -> bool:
+        if self.steps <= 0 or self.reference is None:
+            return False
+        self.over = self.over + 1 if loss > self.factor * self.reference else 0
+        return self.over >= self.steps
 
 
 @dataclasses.dataclass
@@ -184,6 +205,7 @@ class _Loop:
         self.bar = reporting.Progress(run.total_steps, initial=step, enabled=bool(cfg.progress_bar))
         self.clock = Throughput(start=time.perf_counter())
         self.pending: list = []  # (step, metrics on device, real examples): read one step late
+        self.divergence = _Divergence(float(cfg.divergence.factor), int(cfg.divergence.steps))
 
     def evaluate(self, state: TrainState, data) -> np.ndarray:
         run = self.run
@@ -217,9 +239,24 @@ class _Loop:
         what = (f"The training loss is {loss} at step {done_step}" if not math.isfinite(loss)
                 else f"The parameters are not finite after the update of step {done_step}")
         raise NonFiniteLossError(
-            f"{what}: training stopped. The last good checkpoint is {good}. "
+            f"{what}: training stopped. The last good checkpoint is {good}.",
             "Lower the learning rate (--config.optimizer.learning_rate) or clip gradients "
             "(--config.optimizer.clip_norm=1.0), then rerun; a rerun resumes from that checkpoint."
+        )
+
+    def check_divergence(self, done_step: int, loss: float) -> None:
+        """Stop, like a NaN does, when the loss ran away (see :class:`DivergenceError`)."""
+        if not self.divergence.diverged(loss):
+            return
+        self.checkpointer.wait()
+        div = self.divergence
+        raise DivergenceError(
+            f"The training loss diverged: {loss:.4g} at step {done_step} (learning rate "
+            f"{float(self.schedule(done_step - 1)):.3g} of the configured {self.run.optimizer_spec.learning_rate:.3g}), over {div.factor:g}x the first logged loss "
+            f"{div.reference:.4g} for {div.steps} steps in a row: training stopped. The last good checkpoint is "
+            f"{_last_good_checkpoint(self.checkpointer, self.selection.last_saved)}.",
+            "Lower the learning rate (--config.optimizer.learning_rate) or clip gradients "
+            "(--config.optimizer.clip_norm=1.0); --config.divergence.steps=0 turns this check off.",
         )
 
     def drain(self) -> None:
@@ -231,9 +268,12 @@ class _Loop:
             self.clock.waited(time.perf_counter() - t0)
             loss = float(metrics["loss"])
             self.check_loss(done, loss, bool(metrics["params_finite"]))
+            self.check_divergence(done, loss)
             self.clock.add_loss(loss, examples)
             if done % self.log_every == 0 or done == self.run.total_steps:
                 mean_loss, rate = self.clock.take_window(time.perf_counter())
+                if self.divergence.reference is None:
+                    self.divergence.reference = mean_loss
                 self.metrics_log.write({"step": done, "split": "train", "loss": mean_loss,
                                         "grad_norm": float(metrics["grad_norm"]),
                                         "learning_rate": float(self.schedule(done - 1)), "examples_per_s": rate})
@@ -245,6 +285,7 @@ class _Loop:
         batches = run.task.train_batches(run.train_data, loader, int(cfg.batch_size))
         self._at = (state, loader, step)
         while step < run.total_steps:
+            interrupts.raise_if_requested()  # a signal only set a flag: stop here, between steps
             self.clock.begin_step()
             batch, next_loader = next(batches)
             device_batch = sh.put_batch(batch, run.shardings.batch, run.task.device_keys)
@@ -268,10 +309,14 @@ class _Loop:
         return state, loader, step
 
     def interrupted(self) -> None:
-        """After Ctrl-C (or a hook's KeyboardInterrupt): save the last finished step, say so."""
+        """After SIGINT/SIGTERM (or a hook's KeyboardInterrupt): write every record, save the last finished step."""
         state, loader, step = self._at
         self.bar.close()
-        self.drain()
+        try:
+            self.drain()  # waits for the dispatched steps: their records are written, then the state is final
+        except errors.TrainingStoppedError:
+            self.checkpointer.close()
+            raise
         self.save(step, state, loader)
         self.checkpointer.close()
         print(f"Interrupted at step {step}: saved a checkpoint in {self.ckpt_dir}. "
@@ -324,15 +369,22 @@ def train(config, workdir: str | os.PathLike, *, hooks: Sequence[Callable[[int],
 
     Raises:
       NonFiniteLossError: the loss became NaN/inf (the message names the step and the last good checkpoint).
-      KeyboardInterrupt: after saving a checkpoint of the last finished step.
+      KeyboardInterrupt: after SIGINT/SIGTERM (which only set a flag, see :mod:`~jaxlora.training.interrupts`),
+        at the next safe point, with a checkpoint of the last finished step saved.
 
     The module docstring gives the command; ``tests/training/test_configs.py`` runs it on a tiny BERT.
     """
+    with interrupts.deferred():
+        return _train(config, workdir, hooks)
+
+
+def _train(config, workdir: str | os.PathLike, hooks: Sequence[Callable[[int], None]]) -> dict:
     wall_start = time.perf_counter()
     workdir = workdir_lib.prepare(workdir)  # a read-only or file workdir fails here, before anything loads
     config_lib.validate(config)
     _refuse_or_set_aside_previous_run(config, workdir)  # before the model loads, so a refusal is immediate
     run = build(config)
+    interrupts.raise_if_requested()  # a signal during loading: nothing trained, nothing to save
     cfg = run.config
     log.info("%s on %s: %d train / %d validation / %d test examples; %d steps (%d per epoch); mesh %s",
              run.method.name, run.task.display_name, run.train_data.num_examples, run.validation_data.num_examples,
@@ -358,7 +410,9 @@ def train(config, workdir: str | os.PathLike, *, hooks: Sequence[Callable[[int],
         loop.bar.close()
         checkpointer.close()
         raise
+    interrupts.raise_if_requested()  # after the last step, before the (last) validation
     state, best_step, test_metrics, test_outputs = loop.finish(state, loader, step, state_target)
+    interrupts.raise_if_requested()  # the last step is saved; stop before the exports
 
     if jax.process_index() == 0:
         run.task.write_predictions(os.path.join(workdir, "predictions.jsonl"), run.test_data, test_outputs)

@@ -1,5 +1,7 @@
 """Values that type-check but cannot train are refused up front, each in one line naming its field."""
 
+import re
+
 import jax
 import pytest
 
@@ -55,3 +57,16 @@ def test_several_problems_are_listed_in_one_message():
     config.lora.alpha, config.lora.dropout = 0.0, 2.0
     with pytest.raises(errors.ConfigError, match=r"\(2 problems\): \(1\) config.lora.alpha=0.0 .* \(2\) config.lora"):
         training.validate(config)
+
+
+def test_a_diverging_loss_stops_naming_the_step_and_the_learning_rate(tiny_factory, tmp_path):
+    # lr 1e3: the loss leaves its first value far behind within a step or two, yet stays finite.
+    config = tiny_factory("lora", **{"optimizer.learning_rate": 1e3, "optimizer.warmup_ratio": 0.0,
+                                     "max_steps": 8, "eval_every": 8, "divergence.steps": 2})
+    with pytest.raises(training.DivergenceError) as err:
+        training.train(config, tmp_path / "run")
+    assert err.value.message.startswith("The training loss diverged: ")
+    assert re.search(r"at step (\d+) \(learning rate [\d.e+]+ of the configured 1e\+03\), over 10x the first logged loss 0\.\d+ for 2 steps "
+                     r"in a row: training stopped\.", err.value.message), err.value.message
+    assert "--config.divergence.steps=0" in err.value.hint
+    assert not (tmp_path / "run" / "results.json").exists()
