@@ -110,7 +110,7 @@ def load_hub_split(task: str | GlueTask, split: str) -> Split:
     >>> with mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "1"}):   # doctest: +ELLIPSIS
     ...     load_hub_split("sst2", "dev")
     Traceback (most recent call last):
-    ConnectionError: Cannot load GLUE task SST-2 from the Hugging Face hub: HF_HUB_OFFLINE=1 is set. Use local files...
+    jaxlora.errors.HubUnreachableError: Cannot load GLUE task SST-2 from the Hugging Face hub: HF_HUB_OFFLINE=1 is set. Use local files...
     """
     task = get_task(task)
     if split not in SPLIT_NAMES:
