@@ -225,7 +225,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                           + " ".join(f"({i}) {p}" for i, p in enumerate(problems, start=1)), _HINT)
 
 
-_HINT = "Fix it in the config file or with --config.<field>=<value>; every field is listed in configs/common.py."
+_HINT = "Fix it in the config file or with --config.<field>=<value>; every field is listed in jaxlora/training/config.py (default_config)."
 
 
 def _value_problems(config: ml_collections.ConfigDict) -> list[str]:
