@@ -77,6 +77,7 @@ def main() -> None:
     first_call = time.perf_counter() - start
     theirs = run_torch()  # transformers' warm-up (first call allocates its caches)
     agree = float((first == theirs).mean())
+    print(f"jaxlora first call (compile + run): {first_call:.1f} s", flush=True)
 
     tokens = args.batch * args.new
     jax_times, torch_times = [], []
@@ -87,6 +88,7 @@ def main() -> None:
         start = time.perf_counter()
         run_torch()
         torch_times.append(time.perf_counter() - start)
+        print(f"round {len(jax_times)}: jaxlora {jax_times[-1]:.2f} s, transformers {torch_times[-1]:.2f} s", flush=True)
     ratios = [t / j for j, t in zip(jax_times, torch_times)]
     steady = statistics.median(jax_times)
 
