@@ -130,9 +130,10 @@ def _axis_size(mesh: Mesh, axes) -> int:
 def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
     """``spec`` with every dimension the mesh cannot split evenly left whole.
 
-    Example::
-
-        fit_spec(PartitionSpec("fsdp", None), (37, 8), mesh_with_fsdp_4)   # PartitionSpec(None, None)
+    >>> from types import SimpleNamespace
+    >>> mesh_with_fsdp_4 = SimpleNamespace(shape={"data": 1, "fsdp": 4, "tensor": 1})   # only .shape is read
+    >>> fit_spec(PartitionSpec("fsdp", None), (37, 8), mesh_with_fsdp_4), fit_spec(PartitionSpec("fsdp"), (32, 8), mesh_with_fsdp_4)
+    (P(None, None), P('fsdp', None))
     """
     entries = list(spec) + [None] * (len(shape) - len(spec))
     return PartitionSpec(*[
@@ -314,9 +315,12 @@ def like_params(abstract_state: Any, params: Any, param_shardings: Any, mesh: Me
     """Shardings for an optimiser state: a leaf whose path ends with a parameter's path (and shape) gets
     that parameter's sharding, anything else (counts, scalars) is replicated.
 
-    Example::
-
-        opt_sh = like_params(jax.eval_shape(tx.init, trainable), trainable, trainable_sh, mesh)
+    >>> import optax
+    >>> mesh = make_mesh()
+    >>> trainable = {"a": np.ones((4, 2), np.float32)}
+    >>> opt_sh = like_params(jax.eval_shape(optax.adam(1e-3).init, trainable), trainable, {"a": replicated(mesh)}, mesh)
+    >>> sorted({str(s.spec) for s in jax.tree.leaves(opt_sh)})   # the moments follow "a"; the count is replicated
+    ['P()']
     """
     by_path = {}
     for (path, leaf), sharding in zip(
