@@ -160,9 +160,6 @@ class MultiAxisKernel(AdaptedKernel):
     def factors(self):
         return self.node.factors()
 
-    def lowrank(self, x):
-        return self.node.lowrank(x)
-
 
 def outside_intercept_message(node_name: str) -> str:
     return (

@@ -4,7 +4,7 @@
 kernel it finds in its params is an :class:`~jaxlora.adapters.base.AdaptedKernel`
 (what ``jaxlora.apply(..., mode="factored")`` puts there), it computes
 
-    y = x @ K + s * lowrank(dropout(x)) + bias
+    y = x @ K + s * (dropout(x) @ a) @ b + bias
 
 so the update ``K + s * delta`` is never formed and no gradient of ``K`` is ever
 built: ``jax.grad`` with respect to the adapter sees only the bottleneck. The
@@ -79,11 +79,6 @@ def dropout(x: Array, rate: float, rng: Array) -> Array:
     return jnp.where(keep, x * jnp.asarray(65536.0 / threshold, x.dtype), jnp.zeros_like(x))
 
 
-def lowrank_dropout(x: Array, rate: float, rng: Array) -> Array:
-    """Inverted dropout on the low-rank input only (see :func:`dropout`)."""
-    return dropout(x, rate, rng)
-
-
 def factored_product(x: Array, kernel: Array, node: AdaptedKernel, lowrank_input: Array | None = None) -> Array:
     """``x @ kernel + s * (lowrank_input @ a) @ b`` for 2-D ``x``, from ``node.factors()``.
 
@@ -156,7 +151,7 @@ class Dense(nn.Module):
         else:
             h = None
             if adapted.dropout_rate > 0.0 and not deterministic:
-                h = lowrank_dropout(x, adapted.dropout_rate, self.make_rng("dropout"))
+                h = dropout(x, adapted.dropout_rate, self.make_rng("dropout"))
             y = factored_product(x, frozen, adapted, h)
 
         if bias is not None:

@@ -45,7 +45,7 @@ from flax import nnx
 
 from jaxlora.adapters.base import AdaptedKernel
 from jaxlora.adapters.targets import einsum_layout
-from jaxlora.nn.dense import factored_product, lowrank_dropout
+from jaxlora.nn.dense import dropout, factored_product
 
 Array = jax.Array
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -144,7 +144,7 @@ def factored_einsum(
     xt = xt.reshape(-1, matrix[0])
     h = None
     if dropout_rng is not None and node.dropout_rate > 0.0:
-        h = lowrank_dropout(xt, node.dropout_rate, dropout_rng)
+        h = dropout(xt, node.dropout_rate, dropout_rng)
     y = factored_product(xt, node.kernel.astype(dtype), node, h)
     y = y.reshape(tuple(sizes[c] for c in free) + tuple(kernel_shape[d] for d in out_dims))
     order = free + produced
