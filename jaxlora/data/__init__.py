@@ -37,6 +37,7 @@ from jaxlora.data.batching import (
     epoch_order,
     iterate,
     iterate_eval,
+    iterate_eval_rows,
     make_batch,
     padded_length,
     steps_per_epoch,

@@ -305,3 +305,23 @@ def iterate_eval(
         order = np.argsort(data.lengths, kind="stable")
     for start in range(0, len(order), batch_size):
         yield make_batch(data, order[start : start + batch_size], batch_size, buckets)
+
+
+def iterate_eval_rows(
+    data: TokenizedDataset, batch_size: int, *, buckets: Sequence[int] | None = None
+) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Shortest-first evaluation batches (less padding), each with the dataset rows it holds.
+
+    ``rows`` puts each batch's outputs back in dataset order; it is shorter than the batch when
+    the last batch is padded with dummies.
+
+    >>> from jaxlora.data.tokenized import TokenizedDataset
+    >>> data = TokenizedDataset(np.arange(6, dtype=np.int32), np.zeros(6, np.int8), np.array([0, 3, 4, 6]),
+    ...                         np.zeros(3, np.int32), np.array([10, 11, 12]), pad_id=0, max_length=4)
+    >>> [rows.tolist() for _, rows in iterate_eval_rows(data, batch_size=2)]
+    [[1, 2], [0]]
+    """
+    order = np.argsort(data.lengths, kind="stable")
+    batches = iterate_eval(data, batch_size, buckets=buckets, sort_by_length=True)
+    for start, batch in zip(range(0, len(order), batch_size), batches):
+        yield batch, order[start : start + batch_size]

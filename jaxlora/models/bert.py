@@ -196,16 +196,7 @@ class Attention(nn.Module):
             return y.reshape(batch, length, s.num_heads, head_dim)
 
         q, k, v = project("query"), project("key"), project("value")
-        use_dropout = s.attention_dropout > 0.0 and not deterministic
-        context = layers.dot_product_attention(
-            q,
-            k,
-            v,
-            bias,
-            dropout_rate=s.attention_dropout,
-            deterministic=deterministic,
-            dropout_rng=self.make_rng("dropout") if use_dropout else None,
-        )
+        context = layers.attend(self, q, k, v, bias, dropout_rate=s.attention_dropout, deterministic=deterministic)
         return AddNorm(s, "heads", name="output")(context, x, deterministic)
 
 

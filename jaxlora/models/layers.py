@@ -99,6 +99,31 @@ def causal_padding_bias(attention_mask: Array | None, batch: int, length: int) -
     return jnp.where(keep, 0.0, MASK_VALUE).astype(jnp.float32)
 
 
+def attend(module, query: Array, key: Array, value: Array, bias: Array | None, *, dropout_rate: float,
+           deterministic: bool) -> Array:
+    """:func:`dot_product_attention` inside a Linen ``module``, drawing its dropout key from the module's
+    ``"dropout"`` stream only when attention dropout is on (so eval needs no rng).
+
+    >>> import flax.linen as nn
+    >>> class Attend(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         return attend(self, x, x, x, None, dropout_rate=0.1, deterministic=True)
+    >>> Attend().apply({}, jnp.ones((2, 5, 4, 8))).shape
+    (2, 5, 32)
+    """
+    use_dropout = dropout_rate > 0.0 and not deterministic
+    return dot_product_attention(
+        query,
+        key,
+        value,
+        bias,
+        dropout_rate=dropout_rate,
+        deterministic=deterministic,
+        dropout_rng=module.make_rng("dropout") if use_dropout else None,
+    )
+
+
 def dot_product_attention(
     query: Array,
     key: Array,

@@ -302,16 +302,7 @@ class SelfAttention(nn.Module):
             cached_k, cached_v, index = cache
             k = jax.lax.dynamic_update_slice(cached_k, k.astype(cached_k.dtype), (0, index, 0, 0))
             v = jax.lax.dynamic_update_slice(cached_v, v.astype(cached_v.dtype), (0, index, 0, 0))
-        use_dropout = s.attention_dropout > 0.0 and not deterministic
-        context = layers.dot_product_attention(
-            q,
-            k,
-            v,
-            bias,
-            dropout_rate=s.attention_dropout,
-            deterministic=deterministic,
-            dropout_rng=self.make_rng("dropout") if use_dropout else None,
-        )
+        context = layers.attend(self, q, k, v, bias, dropout_rate=s.attention_dropout, deterministic=deterministic)
         out = layers.dense(s, s.hidden_size, ("heads", "embed"), "o_proj", s.o_bias)(context, deterministic=deterministic)
         return out if cache is None else (out, (k, v))
 

@@ -272,10 +272,7 @@ class CausalLM:
         return jdata.iterate(data, loader, batch_size, buckets=self.buckets)
 
     def eval_batches(self, data: jdata.TokenizedDataset, batch_size: int) -> Iterator[tuple[dict, np.ndarray]]:
-        order = np.argsort(data.lengths, kind="stable")
-        batches = jdata.iterate_eval(data, batch_size, buckets=self.buckets, sort_by_length=True)
-        for start, batch in zip(range(0, len(order), batch_size), batches):
-            yield batch, order[start:start + batch_size]
+        return jdata.iterate_eval_rows(data, batch_size, buckets=self.buckets)
 
     def loss(self, outputs: jax.Array, batch: Mapping[str, jax.Array]) -> jax.Array:
         return completion_loss(outputs, batch)
