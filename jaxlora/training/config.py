@@ -201,11 +201,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         variants = sorted(registered_variants()) + [FULL_VARIANT]
         if config.lora.variant not in variants:
             problems.append(f"config.lora.variant={config.lora.variant!r} is unknown; choose one of {variants}.")
-        else:
-            try:
-                adapter_config(config)
-            except (ValueError, TypeError) as err:
-                problems.append(f"config.lora: {err}")
         if config.dtype not in ("float32", "bfloat16"):
             problems.append(f"config.dtype={config.dtype!r}: use 'float32' or 'bfloat16'.")
         if config.batch_size < 1 or config.eval_batch_size < 1:
@@ -218,6 +213,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
             problems.append("config.max_steps=0 trains nothing: use a positive cap, or -1 for none.")
     if not problems:
         problems += _value_problems(config)
+    if not problems:  # what is left for AdapterConfig itself to refuse: variant options, patterns
+        try:
+            adapter_config(config)
+        except (ValueError, TypeError) as err:
+            problems.append(f"config.lora: {err}")
     if len(problems) == 1:
         raise ConfigError(f"Invalid training config: {problems[0]}", _HINT)
     if problems:
