@@ -183,8 +183,6 @@ plt.show()
 # (`jax.eval_shape`), so no second adapter is materialised.
 
 # %%
-import dataclasses
-
 import numpy as np
 
 # The frozen weights as training saw them: loaded in DTYPE, adapted as a float32 host copy.
@@ -193,7 +191,7 @@ frozen = jax.tree.map(lambda x: np.asarray(x, np.float32), frozen)
 frozen_size = sum(x.size for x in jax.tree.leaves(frozen))
 counts = {}
 for variant in ("lora", "condlora"):
-    adapter_config = dataclasses.replace(jaxlora.training.adapter_config(config), variant=variant)
+    adapter_config = jaxlora.training.adapter_config(config).replace(variant=variant, options=None)  # its own defaults
     shapes = jax.eval_shape(lambda: jaxlora.init(jax.random.key(0), frozen, adapter_config))
     counts[variant] = jaxlora.count_params(shapes)
     print(f"{variant}:\n{jaxlora.param_table(frozen, shapes, adapter_config)}\n")
