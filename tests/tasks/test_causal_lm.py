@@ -152,12 +152,7 @@ def causal_config(tokenizer, folder, **overrides):
     config.log_every = 1
     config.progress_bar = False
     config.plot = False
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+    config.update_from_flattened_dict(overrides)  # "optimizer.learning_rate"-style keys
     return config
 
 

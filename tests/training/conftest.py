@@ -100,12 +100,7 @@ def tiny(config, model_dir, glue_dir, tmp_path, **overrides):
     config.max_eval_examples = -1
     config.optimizer.learning_rate = 1e-2
     config.model_dropout = 0.0  # dropout doubles the compile time; the resume and sharding tests turn it on
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    config.update_from_flattened_dict(overrides)  # "optimizer.learning_rate"-style keys
     return config
 
 
