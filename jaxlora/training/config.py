@@ -84,6 +84,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.num_epochs = 0  # 0: the task's protocol cap (e.g. 60 for SST-2)
     c.max_steps = -1  # caps the run (-1: no cap); the schedule decays over the capped length
     c.eval_every = 0  # steps between validations (0: once per epoch); always once at the end
+    c.eval_at_start = False  # validate before the first step too (step 0: the zero-shot score), not a checkpoint candidate
     c.log_every = 50  # steps between train-metric lines in metrics.jsonl
     c.seed = 0  # adapter init, head init, dropout and data order
 

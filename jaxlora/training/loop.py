@@ -2,7 +2,8 @@
 
     build  -> the run: task data, model, method, optimiser, mesh (:func:`~jaxlora.training.build`)
     resume -> the latest readable orbax checkpoint in workdir (state + data position)
-    loop   -> the jitted step (:mod:`~jaxlora.training.step`), validation every eval_every steps,
+    loop   -> the jitted step (:mod:`~jaxlora.training.step`), validation every eval_every steps
+              (and at step 0 before training with eval_at_start: the zero-shot score),
               checkpoints (latest N + best), metrics.jsonl, a progress bar
     finish -> restore the best checkpoint, evaluate the test split, write the task's predictions,
               results.json, learning_curves.png, and the method's exports
@@ -231,6 +232,23 @@ class _Loop:
                        f" (best {best.best_metric:.4f} at step {best.best_step})")
         self.save(step, state, loader, validation=metrics, metric=value)
 
+    def validate_at_start(self, state: TrainState, step: int) -> dict | None:
+        """The step-0 validation (``config.eval_at_start``): the score before any training, e.g. zero-shot.
+
+        It goes to metrics.jsonl as ``step 0`` like every later validation, but it is no checkpoint
+        candidate: the run selects among trained steps. A resumed run reads it back from metrics.jsonl.
+        """
+        if step > 0:  # resumed: the step-0 line is kept in metrics.jsonl (None if that run had it off)
+            earlier = [r for r in reporting.read_metrics(self.metrics_log.path)
+                       if r.get("step") == 0 and r.get("split") == "validation"]
+            return {k: v for k, v in earlier[-1].items() if k not in ("step", "split")} if earlier else None
+        t0 = time.perf_counter()
+        metrics = self.run.task.metrics(self.evaluate(state, self.run.validation_data), self.run.validation_data)
+        self.clock.evaluated(time.perf_counter() - t0)
+        self.metrics_log.write({"step": 0, "split": "validation", **metrics})
+        self.bar.write(f"step 0 (before training): validation {', '.join(f'{k} {v:.4f}' for k, v in metrics.items())}")
+        return metrics
+
     def check_loss(self, done_step: int, loss: float, params_finite: bool) -> None:
         if math.isfinite(loss) and params_finite:
             return
@@ -402,6 +420,7 @@ def _train(config, workdir: str | os.PathLike, hooks: Sequence[Callable[[int], N
     state, loader, step, selection = _resume(run, checkpointer, state_target, ckpt_dir)
     loop = _Loop(run, workdir, checkpointer, selection, step)
     try:
+        initial_metrics = loop.validate_at_start(state, step) if cfg.eval_at_start else None
         state, loader, step = loop.steps(state, loader, step, hooks)
     except KeyboardInterrupt:
         loop.interrupted()
@@ -431,6 +450,7 @@ def _train(config, workdir: str | os.PathLike, hooks: Sequence[Callable[[int], N
         "test_metrics": test_metrics,
         "best_step": int(best_step),
         "best_validation_metric": best if math.isfinite(best) else None,
+        "initial_validation_metrics": initial_metrics,  # step 0, before training (config.eval_at_start)
         "steps": int(step),
         "total_steps": run.total_steps,
         "trainable_params": int(run.param_counts.trainable),

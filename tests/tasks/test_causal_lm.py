@@ -171,9 +171,9 @@ def test_a_causal_lm_run_resumes_exactly(tokenizer, tmp_path):
 
     from jaxlora.training import train
 
-    overrides = {"max_steps": 4, "eval_every": 2, "lora.dropout": 0.1}
+    overrides = {"max_steps": 4, "eval_every": 2, "lora.dropout": 0.1, "eval_at_start": True}
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(causal_config(tokenizer, tmp_path, **overrides), str(straight))
+    first = train(causal_config(tokenizer, tmp_path, **overrides), str(straight))
 
     def ctrl_c_at_step_3(step):
         if step == 3:
@@ -182,7 +182,12 @@ def test_a_causal_lm_run_resumes_exactly(tokenizer, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(causal_config(tokenizer, tmp_path, **overrides), str(resumed), hooks=[ctrl_c_at_step_3])
     assert not (resumed / "checkpoints" / "4").exists()
-    assert train(causal_config(tokenizer, tmp_path, **overrides), str(resumed))["steps"] == 4
+    again = train(causal_config(tokenizer, tmp_path, **overrides), str(resumed))
+    assert again["steps"] == 4
+    # The step-0 validation (before any update) is in metrics.jsonl and results.json, kept across the resume.
+    assert set(first["initial_validation_metrics"]) == {"loss", "perplexity", "exact_match"}
+    assert again["initial_validation_metrics"] == pytest.approx(first["initial_validation_metrics"], rel=1e-6)
+    assert first["best_step"] > 0  # step 0 is a measurement, never the selected checkpoint
 
     def state(workdir):
         return jax.tree.map(np.asarray, ocp.StandardCheckpointer().restore(workdir / "checkpoints" / "4" / "state"))
@@ -197,6 +202,9 @@ def test_a_causal_lm_run_resumes_exactly(tokenizer, tmp_path):
             np.testing.assert_allclose(x, y, rtol=0, atol=1e-6, err_msg=name)
     assert losses(straight) == pytest.approx(losses(resumed), rel=1e-6)
     assert sorted(losses(resumed)) == [1, 2, 3, 4]
+    validated = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(line)["split"] == "validation"]
+    assert validated == [0, 2, 4]
 
 
 def test_sst2_sentences_become_instructions_answered_by_the_label_word(tokenizer, tmp_path):
