@@ -8,8 +8,8 @@ fields together:
 3. the training method (:func:`~jaxlora.training.methods.method_from_config`, or the PEFT folder
    of ``config.init_from_peft``) gives the initial adapter;
 4. the optimiser follows the task's epochs and the config's schedule;
-5. the mesh places the frozen params by logical axes, the trainable leaves by size, the batches
-   over ``(data, fsdp)`` (:mod:`~jaxlora.training.sharding`), and the initial state goes onto it.
+5. the mesh places the frozen params by logical axes, the adapter factors like the weights they
+   adapt, the batches over ``(data, fsdp)`` (:mod:`~jaxlora.training.sharding`), and the initial state goes onto it.
 
 ``build`` loads a model and a dataset, so it has no doctest here; ``tests/training/test_configs.py``
 builds and trains every config file on a tiny BERT, and ``benchmarks/train_throughput.py`` times
@@ -111,8 +111,11 @@ def _placed_state(config, mesh, module, method: TrainingMethod, frozen_host, ada
     full_sh = sh.frozen_shardings(module, frozen_host, mesh)
     trainable_host = _host_copy(adapter.trainable)
     fixed_host = _host_copy(adapter.fixed)
+    # The factors are placed like the weights they adapt (frozen= and config=); full fine-tuning has no
+    # adapter config, and its trainable leaves keep the frozen layout of their paths.
     trainable_sh, fixed_sh = sh.adapter_shardings(
-        trainable_host, fixed_host, mesh, full_sh, int(config.mesh.adapter_fsdp_min_size)
+        trainable_host, fixed_host, mesh, full_sh, int(config.mesh.adapter_fsdp_min_size),
+        frozen=frozen_host, config=method.adapter_config,
     )
     rep = sh.replicated(mesh)
     opt_shapes = jax.eval_shape(optimizer.init, trainable_host)

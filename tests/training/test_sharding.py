@@ -1,4 +1,4 @@
-"""8 simulated CPU devices with data + fsdp sharding train to the same losses as 1 device."""
+"""8 simulated CPU devices with data + fsdp + tensor sharding train to the same losses as 1 device."""
 
 import json
 import os
@@ -29,12 +29,12 @@ _CHILD = textwrap.dedent(
     assert jax.device_count() == 8, jax.devices()
     config = tiny(load_config("lora"), pathlib.Path({model!r}), pathlib.Path({glue!r}), pathlib.Path({tmp!r}),
                   **json.loads({overrides!r}))
-    config.mesh.data, config.mesh.fsdp = 2, 4
-    config.mesh.adapter_fsdp_min_size = 64  # shard the adapter factors too
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+    config.mesh.adapter_fsdp_min_size = 64  # these tiny factors get the fsdp split of their weights too
     run = training.build(config)
-    a = run.initial_state.trainable["lowrank"]["bert"]["encoder"]["layer_0"]["attention"]["query"]["a"]
+    query = run.initial_state.trainable["lowrank"]["bert"]["encoder"]["layer_0"]["attention"]["query"]
     k = run.frozen["bert"]["encoder"]["layer_0"]["attention"]["query"]["kernel"]
-    print("SPECS", json.dumps([list(a.sharding.spec), list(k.sharding.spec)]))
+    print("SPECS", json.dumps([list(x.sharding.spec) for x in (k, query["a"], query["b"])]))
     training.train(config, {workdir!r})
     """
 )
@@ -57,14 +57,15 @@ def test_eight_devices_data_and_fsdp_match_one_device(tiny_factory, tiny_model, 
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     specs = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("SPECS"))[len("SPECS"):])
-    assert specs == [["fsdp", None], ["fsdp", "tensor"]]  # really sharded over fsdp (tensor has size 1)
+    # train.py places the factors like their weight: a along the kernel's input axis, b its output axis.
+    assert specs == [["fsdp", "tensor"], ["fsdp", None], [None, "tensor"]]
 
     one, eight = _losses(single), _losses(sharded)
     assert len(one) == len(eight) == 4
     np.testing.assert_allclose(eight, one, rtol=1e-5)
     result_one = json.loads((single / "results.json").read_text())
     result_eight = json.loads((sharded / "results.json").read_text())
-    assert result_eight["devices"] == 8 and result_eight["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
+    assert result_eight["devices"] == 8 and result_eight["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
     assert result_eight["test_metric"] == pytest.approx(result_one["test_metric"])
 
 

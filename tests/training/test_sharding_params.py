@@ -3,6 +3,7 @@
 The 8-device part runs in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8 on a
 (data=2, fsdp=2, tensor=2) mesh, with a stock Linen transformer whose initialisers name mesh axes
 (Megatron layout: q/k/v and fc1 split their outputs over tensor, out and fc2 their inputs).
+The factored step's collectives are counted in its compiled HLO against the merged step's.
 """
 
 import json
@@ -58,15 +59,20 @@ _CHILD = textwrap.dedent(
     frozen_host = nn.unbox(model.init(key, x)["params"])
     cfg = jaxlora.AdapterConfig("lora", rank=4, alpha=8, targets="all-linear")
     adapter = jaxlora.init(jax.random.key(3), frozen_host, cfg)
+    # The default placement (factors this small: the weight's tensor split only), and the one every
+    # factor of at least min_size numbers gets (the weight's fsdp split too): min_size=1 here.
     like_weights, _ = sh.adapter_shardings(adapter.trainable, adapter.fixed, mesh, frozen_sh,
                                            frozen=frozen_host, config=cfg)
-    replicated, _ = sh.adapter_shardings(adapter.trainable, adapter.fixed, mesh, frozen_sh)
-    def factors(name):
-        node = like_weights["lowrank"]["layers_0"]
+    with_fsdp, _ = sh.adapter_shardings(adapter.trainable, adapter.fixed, mesh, frozen_sh, 1,
+                                        frozen=frozen_host, config=cfg)
+    def factors(shardings, name):
+        node = shardings["lowrank"]["layers_0"]
         for key in name.split("/"):
             node = node[key]
         return [list(node["a"].spec), list(node["b"].spec)]
-    specs = {{name: factors(name) for name in ("attn/query", "attn/out", "fc1", "fc2")}}
+    names = ("attn/query", "attn/out", "fc1", "fc2")
+    specs = {{placement: {{name: factors(shardings, name) for name in names}}
+              for placement, shardings in (("like_weights", like_weights), ("with_fsdp", with_fsdp))}}
     print("SPECS", json.dumps(specs))
     tx = optax.adamw(1e-2)
 
@@ -103,12 +109,12 @@ _CHILD = textwrap.dedent(
             losses.append(float(loss))
         found = re.findall(r" (all-reduce|all-gather|reduce-scatter|collective-permute|all-to-all)(?:-start)?\\(",
                            compiled.as_text())
-        collectives = len(found)
+        collectives = {{kind: found.count(kind) for kind in sorted(set(found))}}
         return losses, collectives
 
     one, _ = run("factored")
     result = dict(one=one)
-    for placement, trainable_sh in (("like_weights", like_weights), ("replicated", replicated)):
+    for placement, trainable_sh in (("like_weights", like_weights), ("with_fsdp", with_fsdp)):
         for mode in ("factored", "merged"):
             result[placement + " " + mode] = run(mode, trainable_sh)
     print("RESULT", json.dumps(result))
@@ -123,23 +129,35 @@ def test_eight_devices_factors_like_their_weights_same_losses_no_remat_warning()
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = {line.split(" ", 1)[0]: json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines()
              if line.startswith(("SPECS", "RESULT"))}
-    # a along d_in as the kernel's input axis, b along d_out as its output axis, rank whole.
+    # a along d_in as the kernel's input axis, b along d_out as its output axis, rank whole; the
+    # fsdp split only for factors of at least min_size numbers.
     assert lines["SPECS"] == {
-        "attn/query": [["fsdp", None], [None, "tensor"]],
-        "attn/out": [["tensor", None], [None, "fsdp"]],
-        "fc1": [["fsdp", None], [None, "tensor"]],
-        "fc2": [["tensor", None], [None, "fsdp"]],
+        "like_weights": {
+            "attn/query": [[None, None], [None, "tensor"]],
+            "attn/out": [["tensor", None], [None, None]],
+            "fc1": [[None, None], [None, "tensor"]],
+            "fc2": [["tensor", None], [None, None]],
+        },
+        "with_fsdp": {
+            "attn/query": [["fsdp", None], [None, "tensor"]],
+            "attn/out": [["tensor", None], [None, "fsdp"]],
+            "fc1": [["fsdp", None], [None, "tensor"]],
+            "fc2": [["tensor", None], [None, "fsdp"]],
+        },
     }
     result = lines["RESULT"]
-    for run in ("like_weights factored", "like_weights merged", "replicated factored", "replicated merged"):
+    for run in ("like_weights factored", "like_weights merged", "with_fsdp factored", "with_fsdp merged"):
         np.testing.assert_allclose(result[run][0], result["one"], rtol=1e-5)
-    # Collectives in the compiled step (all-reduce, all-gather, reduce-scatter, collective-permute,
-    # all-to-all). With replicated factors the factored step needs no more than the merged one. With
-    # the factors placed like their weights it needs more on XLA:CPU (36 against 18 for this one-block model when measured):
-    # the merged step then forms K + s*a@b locally, while the factored one reshards its tiny
-    # factors; recorded here, not asserted, and listed as open in docs/OWN_MODEL.md.
-    assert result["replicated factored"][1] <= result["replicated merged"][1], result
+    # Collective ops (all-reduce, all-gather, reduce-scatter, collective-permute, all-to-all) in the
+    # compiled step, by kind. Placed like their weights, the factored step needs no more than the
+    # merged one (measured: 14 and 14). With the fsdp split too, it needs more on XLA:CPU (36 against
+    # 18 when measured: every use gathers the factors over fsdp besides the kernel, and XLA reshards
+    # them through collective-permutes): printed, not asserted; that placement is only for factors
+    # of at least min_size numbers, whose storage is worth splitting.
+    total = {run: sum(value[1].values()) for run, value in result.items() if run != "one"}
     print("collectives", {run: value[1] for run, value in result.items() if run != "one"})
+    assert total["like_weights factored"] <= total["like_weights merged"], result
+    assert "collective-permute" not in result["like_weights factored"][1], result
     assert "involuntary full rematerialization" not in proc.stderr.lower()
 
 
@@ -157,7 +175,7 @@ def test_frozen_shardings_from_params_or_an_abstract_init():
     assert plain["kernel"].spec == PartitionSpec(None, None)
     cfg = jaxlora.AdapterConfig("lora", rank=2, targets="all-linear", exclude=())
     adapter = jaxlora.init(jax.random.key(1), {"dense": params}, cfg)
-    trainable_sh, _ = sh.adapter_shardings(adapter.trainable, adapter.fixed, mesh, {"dense": by_init},
-                                           frozen={"dense": params}, config=cfg)
+    trainable_sh, _ = sh.adapter_shardings(adapter.trainable, adapter.fixed, mesh, {"dense": by_init}, 1,
+                                           frozen={"dense": params}, config=cfg)  # min_size 1: fsdp too
     factors = trainable_sh["lowrank"]["dense"]
     assert (factors["a"].spec, factors["b"].spec) == (PartitionSpec("fsdp", None), PartitionSpec(None, "tensor"))
