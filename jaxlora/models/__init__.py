@@ -58,7 +58,8 @@ from jaxlora.models.hf_io import (
 )
 from jaxlora.models.generation import generate
 from jaxlora.models.hub import presets, register_preset, resolve
-from jaxlora.models.llama import KVCache, init_cache, position_ids_from_mask
+from jaxlora.models.kv_cache import KVCache, init_cache
+from jaxlora.models.rope import position_ids_from_mask
 from jaxlora.models.pretrained import CheckpointWarning, from_pretrained, save_pretrained
 from jaxlora.models.testing import tiny_config
 from jaxlora.models.tokenizer import load_tokenizer

@@ -1,8 +1,8 @@
 """The Llama family (Llama 2/3, Qwen2-style qkv biases) in Flax Linen, as transformers computes it.
 
-RMSNorm, rotary position embeddings (``default``, ``linear`` and ``llama3``
-frequency scaling), grouped-query attention, a SwiGLU feed-forward, and tied or
-untied input/output embeddings. Parameter tree of a causal LM::
+RMSNorm, rotary position embeddings (:mod:`~jaxlora.models.rope`), grouped-query
+attention, a SwiGLU feed-forward, and tied or untied input/output embeddings.
+Parameter tree of a causal LM::
 
     model/embed_tokens/embedding
     model/layers_{i}/input_layernorm/scale
@@ -18,14 +18,9 @@ and reads the logits at the last non-padding token, as
 
 Position ids: when none are given, positions are ``0..L-1`` for every row,
 exactly what transformers' ``LlamaModel.forward`` does. With left padding pass
-:func:`position_ids_from_mask` (what ``generate`` does) to start each row at 0.
-
-KV cache (decoding): pass ``cache=init_cache(spec, batch, slots)`` and the
-call returns ``(logits, cache)``. The new tokens' keys and values are written
-at slots ``cache.index ...`` of a fixed-size buffer, and each query attends to
-the slots up to its own; ``attention_mask`` then covers all ``slots``
-(1 for a real token, 0 for padding; future slots are hidden by causality), so
-every decode step has the same shapes. :func:`jaxlora.models.generate` drives it.
+:func:`~jaxlora.models.rope.position_ids_from_mask` (what ``generate`` does) to
+start each row at 0. Decoding passes a :class:`~jaxlora.models.kv_cache.KVCache`
+as ``cache=`` (see :mod:`~jaxlora.models.kv_cache`).
 
 >>> import jaxlora.models as jm
 >>> module, params = jm.from_config(jm.tiny_config("llama"), task="causal_lm")
@@ -37,134 +32,21 @@ every decode step has the same shapes. :func:`jaxlora.models.generate` drives it
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxlora.models import layers
 from jaxlora.models.family import HFType, ModelFamily, build_from_spec, register_family
+# generation.py reaches init_cache and position_ids_from_mask through this module.
+from jaxlora.models.kv_cache import KVCache, cached_attention_bias, init_cache  # noqa: F401
+from jaxlora.models.rope import apply_rotary, position_ids_from_mask, rope_settings, rotary_tables  # noqa: F401
 
 Array = jax.Array
 
 TASKS = ("base", "causal_lm", "sequence_classification", "regression")
-ROPE_TYPES = ("default", "linear", "llama3")
-
-
-def rope_settings(config) -> dict:
-    """RoPE settings from a config of either transformers generation.
-
-    transformers 5 keeps everything in ``config.rope_parameters``
-    (``rope_type``, ``rope_theta``, ``factor``, ...); 4.x wrote ``rope_theta``
-    and a ``rope_scaling`` dict whose type key was ``type`` or ``rope_type``.
-
-    >>> from jaxlora.models.hf_config import HFConfig
-    >>> rope_settings(HFConfig.from_dict({"model_type": "llama", "rope_theta": 500000.0}))["rope_theta"]
-    500000.0
-    >>> rope_settings(HFConfig.from_dict({"model_type": "llama", "rope_scaling": {"type": "linear", "factor": 2.0}}))
-    {'rope_type': 'linear', 'rope_theta': 10000.0, 'factor': 2.0}
-    """
-    params = dict(getattr(config, "rope_parameters", None) or {})
-    scaling = getattr(config, "rope_scaling", None)
-    if isinstance(scaling, dict):
-        params = {**scaling, **params}
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    theta = params.get("rope_theta", getattr(config, "rope_theta", None))
-    if theta is None:
-        theta = 10000.0
-    if rope_type not in ROPE_TYPES:
-        raise ValueError(
-            f"RoPE type {rope_type!r} is not supported by jaxlora's Llama; supported: {ROPE_TYPES}."
-        )
-    if params.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ValueError("partial_rotary_factor != 1 is not supported by jaxlora's Llama.")
-    settings = {"rope_type": rope_type, "rope_theta": float(theta)}
-    if rope_type in ("linear", "llama3"):
-        settings["factor"] = float(params["factor"])
-    if rope_type == "llama3":
-        settings["low_freq_factor"] = float(params["low_freq_factor"])
-        settings["high_freq_factor"] = float(params["high_freq_factor"])
-        settings["original_max_position_embeddings"] = int(
-            params.get("original_max_position_embeddings", config.max_position_embeddings)
-        )
-    return settings
-
-
-def rope_inverse_frequencies(head_dim: int, rope: dict) -> np.ndarray:
-    """``(head_dim // 2,)`` float32 inverse frequencies, computed in the same order of operations as transformers.
-
-    >>> rope_inverse_frequencies(4, {"rope_type": "default", "rope_theta": 10000.0})
-    array([1.  , 0.01], dtype=float32)
-    """
-    exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
-    inv_freq = (np.float32(1.0) / (np.float32(rope["rope_theta"]) ** exponents)).astype(np.float32)
-    if rope["rope_type"] == "linear":
-        inv_freq = inv_freq / np.float32(rope["factor"])
-    elif rope["rope_type"] == "llama3":
-        factor = np.float32(rope["factor"])
-        low, high = np.float32(rope["low_freq_factor"]), np.float32(rope["high_freq_factor"])
-        old_len = np.float32(rope["original_max_position_embeddings"])
-        low_wavelen, high_wavelen = old_len / low, old_len / high
-        wavelen = np.float32(2 * math.pi) / inv_freq
-        # Long wavelengths are slowed by `factor`, short ones kept, the band between blended.
-        scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
-        smooth = (old_len / wavelen - low) / (high - low)
-        blended = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
-        inv_freq = np.where(medium, blended, scaled)
-    return inv_freq.astype(np.float32)
-
-
-def position_ids_from_mask(attention_mask: Array) -> Array:
-    """Positions counting only kept tokens (0 at each row's first real token), as ``generate`` uses.
-
-    >>> position_ids_from_mask(jnp.array([[0, 0, 1, 1, 1]]))
-    Array([[1, 1, 0, 1, 2]], dtype=int32)
-    """
-    mask = attention_mask.astype(jnp.int32)
-    positions = jnp.cumsum(mask, axis=-1) - 1
-    return jnp.where(mask == 0, 1, positions)
-
-
-class KVCache(NamedTuple):
-    """Keys and values of every layer in a fixed number of slots, and the slot the next token goes to.
-
-    ``keys[i]``/``values[i]``: ``(batch, slots, kv_heads, head_dim)`` of layer ``i``; ``index``: int32 scalar.
-    """
-
-    keys: tuple
-    values: tuple
-    index: Array
-
-
-def init_cache(spec: "DecoderSpec", batch: int, slots: int) -> KVCache:
-    """An empty cache of ``slots`` positions for ``batch`` rows, in the model's computation dtype.
-
-    >>> from jaxlora.models import from_config, tiny_config
-    >>> module, params = from_config(tiny_config("llama"))
-    >>> cache = init_cache(module.spec, batch=2, slots=16)
-    >>> cache.keys[0].shape   # (batch, slots, kv_heads, head_dim)
-    (2, 16, 2, 8)
-    """
-    shape = (batch, slots, spec.num_kv_heads, spec.head_dim)
-    zeros = tuple(jnp.zeros(shape, spec.dtype) for _ in range(spec.num_layers))
-    return KVCache(zeros, zeros, jnp.zeros((), jnp.int32))
-
-
-def cached_attention_bias(slot_mask: Array, index: Array, length: int) -> Array:
-    """``(batch, 1, length, slots)`` bias: query ``i`` (written at slot ``index + i``) sees slot ``j``
-    when ``j <= index + i`` and ``slot_mask[b, j]`` is set.
-
-    >>> (cached_attention_bias(jnp.array([[0, 1, 1, 1]]), jnp.int32(2), 1)[0, 0, 0] == 0).tolist()
-    [False, True, True, False]
-    """
-    slots = slot_mask.shape[-1]
-    causal = jnp.arange(slots)[None, :] <= (index + jnp.arange(length))[:, None]
-    keep = causal[None, None] & slot_mask.astype(bool)[:, None, None, :]
-    return jnp.where(keep, 0.0, layers.MASK_VALUE).astype(jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,22 +147,6 @@ class RMSNorm(nn.Module):
         return scale * h.astype(x.dtype)
 
 
-def rotary_tables(spec: DecoderSpec, position_ids: Array) -> tuple[Array, Array]:
-    """``cos`` and ``sin`` of shape ``(batch|1, length, head_dim)`` for the given positions."""
-    inv_freq = jnp.asarray(rope_inverse_frequencies(spec.head_dim, dict(spec.rope)))
-    freqs = position_ids.astype(jnp.float32)[..., None] * inv_freq
-    angles = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(angles).astype(spec.dtype), jnp.sin(angles).astype(spec.dtype)
-
-
-def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
-    """Rotate ``(batch, length, heads, head_dim)`` by the tables (HF's rotate-half convention)."""
-    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rotated * sin
-
-
 class SelfAttention(nn.Module):
     """``q_proj``/``k_proj``/``v_proj``/``o_proj`` with RoPE and grouped-query attention."""
 
@@ -359,7 +225,7 @@ def backbone(spec: DecoderSpec, input_ids, attention_mask, position_ids, determi
         if attention_mask is None:
             attention_mask = jnp.ones((batch, cache.keys[0].shape[1]), jnp.int32)
         bias = cached_attention_bias(attention_mask, cache.index, length)
-    cos, sin = rotary_tables(s, position_ids)
+    cos, sin = rotary_tables(s.head_dim, dict(s.rope), position_ids, s.dtype)
     # `deterministic` is argument 5 counting self: a Python bool, static under remat. Decoding never remats.
     layer = nn.remat(DecoderLayer, static_argnums=(5,)) if s.remat and cache is None else DecoderLayer
     keys, values = [], []

@@ -13,7 +13,7 @@ import torch
 import transformers
 
 import jaxlora.models as jm
-from jaxlora.models import bert, llama
+from jaxlora.models import bert, llama, rope
 from jaxlora.models.hf_config import HFConfig, read_config
 
 LLAMA3_ROPE = dict(
@@ -88,12 +88,12 @@ def test_reads_what_transformers_reads(folders, name):
     task = "causal_lm" if jm.family_of(theirs) == "llama" else "sequence_classification"
     assert _spec(ours, task, ours.num_labels) == _spec(theirs, task, theirs.num_labels)
     if task == "causal_lm":
-        assert llama.rope_settings(ours) == llama.rope_settings(theirs)
+        assert rope.rope_settings(ours) == rope.rope_settings(theirs)
 
 
 def test_the_4x_llama3_file_gets_scaled_rope(folders):
-    rope = llama.rope_settings(read_config(folders["llama_4x_rope_scaling"]))
-    assert rope == {
+    settings = rope.rope_settings(read_config(folders["llama_4x_rope_scaling"]))
+    assert settings == {
         "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
         "high_freq_factor": 4.0, "original_max_position_embeddings": 256,
     }
