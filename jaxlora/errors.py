@@ -36,6 +36,8 @@ __all__ = [
     "WorkdirError",
     "DiskFullError",
     "TrainingStoppedError",
+    "UnknownTopologyError",
+    "DoesNotFitError",
     "one_line",
     "from_os_error",
     "size_text",
@@ -155,6 +157,22 @@ class TrainingStoppedError(UserError, FloatingPointError):
     """Training stopped on purpose because it cannot succeed: a NaN/inf loss, or a diverging one.
 
     >>> isinstance(TrainingStoppedError("The loss is nan at step 17."), FloatingPointError)
+    True
+    """
+
+
+class UnknownTopologyError(UserError, ValueError):
+    """A plan names a TPU topology (or needs a compiler) that is not available; the message lists the known ones.
+
+    >>> isinstance(UnknownTopologyError("Unknown TPU topology 'v9-8'."), ValueError)
+    True
+    """
+
+
+class DoesNotFitError(UserError, MemoryError):
+    """A planned run needs more memory per chip than the chip has: by how much, and which knob saves most.
+
+    >>> isinstance(DoesNotFitError("Needs 20.1 GiB per chip, 16.0 GiB available."), MemoryError)
     True
     """
 

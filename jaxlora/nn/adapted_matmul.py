@@ -26,6 +26,11 @@ narrower side (``d_in <= d_out``). Both concatenations are used on one device on
 train step faster in paired runs (about 5% each with LoRA on all linear layers;
 docs/BENCHMARKS.md).
 
+Both tricks were measured on XLA:CPU only, so they run only there: the *form* is ``"cpu"`` (the
+tricks) or ``"plain"`` (autodiff's own products), ``"auto"`` picking ``"cpu"`` when JAX's default
+backend is the CPU. :func:`use_form` sets it while a step is traced; ``jaxlora.plan`` compiles a TPU
+step both ways and keeps the better one.
+
 All operands must share one floating dtype (the caller casts); with mixed
 dtypes (bf16 frozen weights, fp32 factors) :class:`jaxlora.nn.Dense` keeps the
 plain autodiff path so the low-rank term stays in fp32.
@@ -33,30 +38,69 @@ plain autodiff path so the low-rank term stays in fp32.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
 
+FORMS = ("auto", "cpu", "plain")
+_FORM = threading.local()
+
+
+def form() -> str:
+    """The form traced now: ``"cpu"`` (the XLA:CPU tricks) or ``"plain"``; see :func:`use_form`.
+
+    >>> form() == ("cpu" if jax.default_backend() == "cpu" else "plain")
+    True
+    """
+    chosen = getattr(_FORM, "value", "auto")
+    if chosen == "auto":
+        return "cpu" if jax.default_backend() == "cpu" else "plain"
+    return chosen
+
+
+@contextlib.contextmanager
+def use_form(name: str):
+    """Trace adapted matmuls in form ``name`` (``"auto"``, ``"cpu"`` or ``"plain"``) inside the block.
+
+    The form is read when a function is traced: build and lower (or first call) a jitted step inside.
+
+    >>> with use_form("plain"):
+    ...     form()
+    'plain'
+    """
+    if name not in FORMS:
+        raise ValueError(f"adapted_matmul form {name!r}: use one of {FORMS}.")
+    previous = getattr(_FORM, "value", "auto")
+    _FORM.value = name
+    try:
+        yield
+    finally:
+        _FORM.value = previous
+
 
 def _lowrank_grad(h: Array, gb: Array) -> Array:
-    """``h.T @ gb`` computed as ``(gb.T @ h).T`` (see the module docstring)."""
+    """``h.T @ gb``; in the CPU form computed as ``(gb.T @ h).T`` (see the module docstring)."""
+    if form() != "cpu":
+        return h.T @ gb
     return jax.lax.optimization_barrier(gb.T @ h).T
 
 
 def concatenate_factors() -> bool:
     """Whether to append factors to the kernel (``[x, s*z] @ [K; b]``) instead of two products.
 
-    Only on one device: with the kernel split over a mesh, the concatenation of a sharded ``K``
-    with a differently sharded factor makes XLA reshard (and rematerialise) the whole kernel
-    every step; the plain two-product form needs no more collectives than ``x @ K`` itself.
+    Only in the CPU form, on one device: with the kernel split over a mesh, the concatenation of a
+    sharded ``K`` with a differently sharded factor makes XLA reshard (and rematerialise) the whole
+    kernel every step; the plain two-product form needs no more collectives than ``x @ K`` itself.
 
-    >>> concatenate_factors() == (jax.device_count() == 1)
+    >>> concatenate_factors() == (jax.device_count() == 1 and form() == "cpu")
     True
     """
-    return jax.device_count() == 1
+    return form() == "cpu" and jax.device_count() == 1
 
 
 def _forward(x: Array, h: Array | None, kernel: Array, a: Array, b: Array, scale: float):

@@ -37,7 +37,7 @@ from jaxlora.training import sharding as sh
 from jaxlora.training.methods import LowRank, TrainingMethod, method_from_config
 from jaxlora.training.step import StateShardings, TrainState
 
-__all__ = ["Run", "build"]
+__all__ = ["Run", "build", "model_options", "state_shardings"]
 
 log = logging.getLogger("jaxlora.training")
 
@@ -66,17 +66,32 @@ class Run(NamedTuple):
     metric_name: str
 
 
+def model_options(config) -> dict:
+    """The keyword arguments of the model builders that come from the config (``dtype``, ``remat``, ...).
+
+    Shared by :func:`build` (``models.from_pretrained``) and ``jaxlora.plan`` (``models.build_module``
+    on abstract params), so a plan compiles the module a run trains.
+
+    >>> from jaxlora.training.config import default_config
+    >>> config = default_config()
+    >>> config.dtype = "bfloat16"
+    >>> model_options(config)["dtype"].__name__, model_options(config)["remat"]
+    ('bfloat16', False)
+    """
+    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    return {"dtype": dtype, "remat": bool(config.remat)}
+
+
 def _load_model(config, task: tasks.Task):
     overrides = {}
     if config.model_dropout >= 0:
         overrides = {"hidden_dropout_prob": float(config.model_dropout),
                      "attention_probs_dropout_prob": float(config.model_dropout)}
-    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
     with warnings.catch_warnings():
         # A fresh task head is expected (pretrained checkpoints have none): not worth a warning here.
         warnings.filterwarnings("ignore", message="Initialised .* weights not in the checkpoint")
-        return models.from_pretrained(config.model, **task.model_head(), dtype=dtype, seed=int(config.seed),
-                                      config_overrides=overrides, remat=bool(config.remat))
+        return models.from_pretrained(config.model, **task.model_head(), seed=int(config.seed),
+                                      config_overrides=overrides, **model_options(config))
 
 
 def _host_copy(tree):
@@ -105,27 +120,38 @@ def _check_batch_sizes(config, mesh: jax.sharding.Mesh) -> None:
             )
 
 
-def _placed_state(config, mesh, module, method: TrainingMethod, frozen_host, adapter: Adapter,
-                  optimizer) -> tuple[Any, StateShardings, TrainState]:
-    """The frozen params on device, every sharding of the run, and the initial state on device."""
-    full_sh = sh.frozen_shardings(module, frozen_host, mesh)
-    trainable_host = _host_copy(adapter.trainable)
-    fixed_host = _host_copy(adapter.fixed)
+def state_shardings(config, mesh, module, method: TrainingMethod, frozen, trainable, fixed,
+                    optimizer) -> StateShardings:
+    """Every NamedSharding of a run, from its frozen params and float32 adapter trees.
+
+    The trees may hold arrays or ``jax.ShapeDtypeStruct`` leaves: only shapes are read and nothing
+    is placed, so ``jaxlora.plan`` gets the shardings of a run it never allocates.
+    """
+    full_sh = sh.frozen_shardings(module, frozen, mesh)
     # The factors are placed like the weights they adapt (frozen= and config=); full fine-tuning has no
     # adapter config, and its trainable leaves keep the frozen layout of their paths.
     trainable_sh, fixed_sh = sh.adapter_shardings(
-        trainable_host, fixed_host, mesh, full_sh, int(config.mesh.adapter_fsdp_min_size),
-        frozen=frozen_host, config=method.adapter_config,
+        trainable, fixed, mesh, full_sh, int(config.mesh.adapter_fsdp_min_size),
+        frozen=frozen, config=method.adapter_config,
     )
     rep = sh.replicated(mesh)
-    opt_shapes = jax.eval_shape(optimizer.init, trainable_host)
-    opt_sh = sh.like_params(opt_shapes, trainable_host, trainable_sh, mesh)
+    opt_shapes = jax.eval_shape(optimizer.init, trainable)
+    opt_sh = sh.like_params(opt_shapes, trainable, trainable_sh, mesh)
     state_sh = TrainState(step=rep, trainable=trainable_sh, fixed=fixed_sh, opt_state=opt_sh, rng=rep)
-
     # The whole frozen tree, or nothing (full fine-tuning: the model lives in the trainable state).
-    frozen_sh = full_sh if method.device_frozen(frozen_host) else {}
+    frozen_sh = full_sh if method.device_frozen(frozen) else {}
+    return StateShardings(state=state_sh, frozen=frozen_sh, batch=sh.batch_sharding(mesh), replicated=rep)
+
+
+def _placed_state(config, mesh, module, method: TrainingMethod, frozen_host, adapter: Adapter,
+                  optimizer) -> tuple[Any, StateShardings, TrainState]:
+    """The frozen params on device, every sharding of the run, and the initial state on device."""
+    trainable_host = _host_copy(adapter.trainable)
+    fixed_host = _host_copy(adapter.fixed)
+    shardings = state_shardings(config, mesh, module, method, frozen_host, trainable_host, fixed_host, optimizer)
+    trainable_sh, fixed_sh, opt_sh = (shardings.state.trainable, shardings.state.fixed, shardings.state.opt_state)
+    rep, frozen_sh = shardings.replicated, shardings.frozen
     frozen = sh.put_tree(method.device_frozen(frozen_host), frozen_sh) if frozen_sh else {}
-    shardings = StateShardings(state=state_sh, frozen=frozen_sh, batch=sh.batch_sharding(mesh), replicated=rep)
 
     trainable = sh.put_tree(trainable_host, trainable_sh)
     init_opt = jax.jit(optimizer.init, in_shardings=(trainable_sh,), out_shardings=opt_sh)

@@ -1,0 +1,112 @@
+"""The plan command: train.py's step compiled for a TPU topology on abstract params, and its clear errors.
+
+With libtpu installed (CI installs it) the step compiles with the real TPU compiler for 8
+compile-only v5e chips; without it, for 8 simulated CPU devices in a subprocess. Either way one
+tiny-Llama compile serves every figure test here.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxlora import errors, models
+from jaxlora.plan import __main__ as plan_cli
+from jaxlora.plan import planner, topologies
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    models.tiny_config("llama").save_pretrained(folder)
+    return str(folder)
+
+
+def _run_cli(*args, env=None, timeout=600):
+    env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "jaxlora.plan", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def v5e8_plan(tiny_llama, tmp_path_factory):
+    """The CLI on a tiny Llama, fsdp=8 over a v5e-8 slice, with 1 MiB per chip so that it cannot fit."""
+    out = tmp_path_factory.mktemp("plan") / "plan.json"
+    proc = _run_cli("--model", tiny_llama, "--topology", "v5e-8", "--rank", 2, "--batch", "8x64", "--fsdp", 8,
+                    "--hbm-gib", 1 / 1024, "--json", out)
+    return proc, json.loads(out.read_text()) if out.exists() else None
+
+
+def test_train_step_compiles_for_v5e8_with_frozen_weights_split_eight_ways(v5e8_plan, tiny_llama):
+    proc, figures = v5e8_plan
+    assert figures is not None, proc.stderr[-3000:]
+    assert figures["topology"] == "v5e-8" and figures["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert set(figures) == {"fits", "hbm_bytes", "per_chip_bytes", "compile_s", "flops", "topology", "mesh"}
+    assert set(figures["per_chip_bytes"]) == {"frozen", "adapter_and_optimizer", "temporaries", "total"}
+    if topologies.has_libtpu():
+        assert "the TPU compiler (libtpu)" in proc.stdout
+    # Per-chip argument bytes of the frozen weights (from the compiled executable's input shardings)
+    # against the whole frozen tree in bf16, over 8 chips.
+    module = models.build_module(models.build.task_config(models.hf_config.read_config(tiny_llama), "causal_lm", None),
+                                 "causal_lm")
+    total = sum(math.prod(x.shape) * 2 for x in jax.tree.leaves(models.abstract_params(module)))
+    assert figures["per_chip_bytes"]["frozen"] == pytest.approx(total / 8, rel=0.05)
+    assert figures["flops"] > 0 and figures["per_chip_bytes"]["total"] >= figures["per_chip_bytes"]["frozen"]
+
+
+def test_a_plan_that_does_not_fit_says_by_how_much_and_which_knob(v5e8_plan):
+    proc, figures = v5e8_plan
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert figures["fits"] is False and figures["hbm_bytes"] == 2**20
+    error_line, hint_line = [line for line in proc.stderr.splitlines() if line.startswith(("error:", "hint:"))]
+    over = (figures["per_chip_bytes"]["total"] - 2**20) / 2**20
+    assert f"over by {over:.2f} MiB" in error_line, error_line
+    assert "saves most" in hint_line and "estimated" in hint_line, hint_line
+    assert any(knob in hint_line for knob in ("--remat", "--batch", "--quant")), hint_line
+
+
+def test_unknown_topology_lists_the_known_ones(tiny_llama, capsys):
+    with pytest.raises(errors.UnknownTopologyError) as info:
+        planner.plan(tiny_llama, "v5e-7")
+    for name in ("v5e-1", "v4-8", "v5e-8", "v5p-8", "v6e-8", "v5e-32", "v5p-64"):
+        assert name in info.value.message
+    assert plan_cli.main(["--model", tiny_llama, "--topology", "tpu-v9"]) == 2
+    assert "error: Unknown TPU topology 'tpu-v9'. Known: v4-8, v4-16, v5e-1" in capsys.readouterr().err
+
+
+def test_topology_table_matches_libtpu():
+    if not topologies.has_libtpu():
+        pytest.skip("libtpu is not installed")
+    worker_hosts = os.environ.get("TPU_WORKER_HOSTNAMES")
+    counts = {name: len(topologies.compile_devices(topologies.get(name), "tpu")[0])
+              for name in ("v5e-1", "v5e-32", "v5p-64", "v4-8", "v6e-8")}
+    assert counts == {"v5e-1": 1, "v5e-32": 32, "v5p-64": 32, "v4-8": 4, "v6e-8": 8}
+    assert os.environ.get("TPU_WORKER_HOSTNAMES") == worker_hosts  # set only while libtpu loads (train.py reads it)
+
+
+def test_run_config_is_a_valid_training_config():
+    config = planner.run_config("llama3-8b", planner.model_config("llama3-8b", layers=2), batch=(8, 2048),
+                                remat="full", mesh={"data": 2, "fsdp": 4})
+    planner._validated(config)
+    assert (config.task, config.batch_size, config.causal_lm.max_length, config.remat) == ("causal_lm", 8, 2048, True)
+    assert (config.mesh.data, config.mesh.fsdp, config.lora.rank) == (2, 4, 16)
+    with pytest.raises(errors.ConfigError, match="ROWSxTOKENS"):
+        planner.parse_batch("8by2048")
+
+
+def test_abstract_run_matches_the_built_runs_shardings():
+    """The plan's shardings are assembly.state_shardings' on abstract leaves: the same specs as on arrays."""
+    hf = models.tiny_config("llama")
+    config = planner.run_config("tiny", hf, rank=2, batch=(2, 16))
+    run = planner.abstract_run(config, hf, jax.devices()[:1])
+    module, frozen = models.from_config(hf, task="causal_lm")
+    assert jax.tree.map(lambda s: s.shape, run.frozen) == jax.tree.map(np.shape, frozen)
+    assert set(run.batch) == set(run.task.device_keys) and run.batch["input_ids"].shape == (2, 16)
+    assert run.state.trainable["lowrank"]  # every linear layer adapted
