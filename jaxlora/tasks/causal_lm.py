@@ -23,7 +23,8 @@ reported (a warning naming the file) and the run goes on with the rest.
   argmaxes is the gold token. Metrics: ``loss``, ``perplexity`` and ``exact_match``.
 
 Options (``config.causal_lm``): ``train_file``, ``validation_file``, ``test_file`` (JSONL paths),
-``max_length``, ``min_bucket``, ``max_eval_examples``; or, instead of files, ``glue_task = "sst2"``
+``max_length``, ``min_bucket``, ``max_eval_examples``, ``max_test_examples`` (a CPU-sized check on the
+first examples of the test split; the whole split by default); or, instead of files, ``glue_task = "sst2"``
 (with ``glue_dir``): the CondLoRA protocol's SST-2 splits, each sentence rendered as an instruction
 (:data:`INSTRUCTIONS`, through the chat template when the tokenizer has one) whose completion is the
 label word, so ``exact_match`` is the accuracy of the generated answers.
@@ -219,6 +220,7 @@ class CausalLM:
     max_length: int = 256
     min_bucket: int = 16
     max_eval_examples: int = -1  # > 0: evaluate on the first this many validation examples
+    max_test_examples: int = -1  # > 0: test on the first this many test examples
     glue_task: str = ""
     glue_dir: str = ""
 
@@ -235,7 +237,8 @@ class CausalLM:
             train_file=options.train_file, validation_file=options.validation_file or options.train_file,
             test_file=options.test_file or options.validation_file or options.train_file,
             max_length=int(options.max_length), min_bucket=min(int(options.min_bucket), int(options.max_length)),
-            max_eval_examples=int(options.max_eval_examples), glue_task=options.glue_task,
+            max_eval_examples=int(options.max_eval_examples), max_test_examples=int(options.max_test_examples),
+            glue_task=options.glue_task,
             glue_dir=options.glue_dir or config.data_dir or "",
         )
 
@@ -263,6 +266,8 @@ class CausalLM:
                                    for name, examples in named)
         if 0 < self.max_eval_examples < validation.num_examples:
             validation = jdata.select(validation, np.arange(self.max_eval_examples))
+        if 0 < self.max_test_examples < test.num_examples:
+            test = jdata.select(test, np.arange(self.max_test_examples))
         return base.TaskData(train, validation, test)
 
     def steps_per_epoch(self, data: jdata.TokenizedDataset, batch_size: int) -> int:
@@ -309,6 +314,7 @@ def _options() -> ml_collections.ConfigDict:
     options.max_length = 256
     options.min_bucket = 16
     options.max_eval_examples = -1
+    options.max_test_examples = -1  # > 0: the first this many test examples only (say so when reporting)
     options.glue_task = ""  # "sst2": GLUE sentences as instructions instead of JSONL files
     options.glue_dir = ""  # empty: config.data_dir
     return options

@@ -13,29 +13,12 @@ import jaxlora.models as jm
 from jaxlora import data as jdata
 from jaxlora.tasks import causal_lm
 from jaxlora.tasks.base import find_kind
-
-WORDS = ["<pad>", "<eos>", "<bos>", "a", "b", "c", "d", "yes", "no", "Q:", "A:", "negative", "positive"]
+from tests.tasks.causal_lm_files import WORDS, causal_config, word_tokenizer, write_jsonl
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    """A word-level tokenizer over WORDS (BOS added, EOS known), with a tiny chat template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
-        chat_template="{% for m in messages %}{{ 'Q:' if m['role'] == 'user' else 'A:' }} {{ m['content'] }} "
-                      "{% endfor %}{% if add_generation_prompt %}A: {% endif %}",
-    )
-
-
-def write_jsonl(path, records):
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
-    return str(path)
+    return word_tokenizer()
 
 
 def test_kind_is_registered_with_its_options():
@@ -127,35 +110,6 @@ def test_too_long_examples_are_counted_and_left_out_never_cut(tokenizer):
     assert data.num_examples == 1 and data.idx.tolist() == [0]
 
 
-def causal_config(tokenizer, folder, **overrides):
-    """A tiny causal-LM run: a 2-layer Llama saved in ``folder`` with the word tokenizer, 16 JSONL examples."""
-    from jaxlora.training import default_config
-
-    model = folder / "tiny_llama"
-    if not model.exists():
-        module, params = jm.from_config(jm.tiny_config("llama"), task="causal_lm")
-        jm.save_pretrained(module, params, str(model))
-        tokenizer.save_pretrained(str(model))
-        rows = [{"prompt": f"Q: {a} {b}", "completion": "yes" if a == b else "no"} for a in "abcd" for b in "abcd"]
-        write_jsonl(folder / "train.jsonl", rows)
-    config = default_config()
-    config.task = "causal_lm"
-    config.model = str(model)
-    config.causal_lm.train_file = str(folder / "train.jsonl")
-    config.causal_lm.max_length = 16
-    config.lora.targets = ("q_proj", "v_proj")
-    config.lora.trainable = ()  # no head to train: the LM head is frozen
-    config.batch_size = 4
-    config.eval_batch_size = 8
-    config.max_steps = 2
-    config.eval_every = 2
-    config.log_every = 1
-    config.progress_bar = False
-    config.plot = False
-    config.update_from_flattened_dict(overrides)  # "optimizer.learning_rate"-style keys
-    return config
-
-
 def test_train_py_loop_runs_a_causal_lm_task(tokenizer, tmp_path):
     """The same loop as GLUE: two LoRA steps on a tiny Llama, evaluation by loss, perplexity, exact match."""
     from jaxlora.training import train
@@ -237,3 +191,29 @@ def test_smollm2_sst2_config_builds_the_instruction_task():
     task = from_config(config)
     assert isinstance(task, causal_lm.CausalLM) and task.glue_task == "sst2" and task.glue_dir == config.data_dir
     assert config.model == "smollm2-135m" and tuple(config.lora.targets) == ("q_proj", "v_proj")
+
+
+def test_smollm2_sst2_offline_config_in_short_zero_shot_then_tuned(tokenizer, tmp_path, monkeypatch):
+    """The real run's config (configs/lora_smollm2_sst2.py:offline), on the tiny Llama and a tiny SST-2, two steps."""
+    import importlib
+
+    from jaxlora.training import train
+    from jaxlora.training.reporting import read_metrics
+
+    glue = tmp_path / "glue" / "SST-2"
+    glue.mkdir(parents=True)
+    rows = [("a b c", 1), ("d d", 0), ("a a", 1), ("b c", 0)] * 5
+    for name in ("train", "dev"):
+        (glue / f"{name}.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path / "glue"))
+    config = importlib.import_module("configs.lora_smollm2_sst2").get_config("offline")
+    assert config.eval_at_start and config.causal_lm.glue_dir == str(tmp_path / "glue")
+    config.model = str(causal_config(tokenizer, tmp_path).model)  # the tiny Llama instead of SmolLM2
+    config.update_from_flattened_dict({"max_steps": 2, "eval_every": 2, "causal_lm.max_length": 64,
+                                       "causal_lm.min_bucket": 64, "progress_bar": False, "plot": False})
+    results = train(config, str(tmp_path / "run"))
+    assert set(results["initial_validation_metrics"]) == {"loss", "perplexity", "exact_match"}
+    assert results["best_step"] == 2 and 0.0 <= results["test_metrics"]["exact_match"] <= 1.0
+    validations = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["split"] == "validation"]
+    assert [r["step"] for r in validations] == [0, 2]
+    assert validations[0]["exact_match"] == results["initial_validation_metrics"]["exact_match"]
