@@ -14,7 +14,7 @@ The packages, each layer importing only the ones above it:
 * :mod:`jaxlora.adapters`: the adapter contract, one file per variant, the config and the transforms;
 * :mod:`jaxlora.nn`: the Dense layer that runs factored adapters; :mod:`jaxlora.intercept` runs them in
   stock Flax layers (Linen or NNX) inside ``with jaxlora.intercept():``, and :mod:`jaxlora.nnx` turns NNX
-  models into param trees and back;
+  models into param trees and back; :func:`jaxlora.quantize` stores frozen kernels in int8 or nf4 (QLoRA);
 * :mod:`jaxlora.models`: Flax BERT, RoBERTa and Llama that load Hugging Face checkpoints;
 * :mod:`jaxlora.interop`: PEFT adapters in and out, native adapter files, merged checkpoints;
 * :mod:`jaxlora.data` and :mod:`jaxlora.training`: GLUE data and the training program (``train.py``);
@@ -41,11 +41,12 @@ from jaxlora import errors
 from jaxlora.errors import UserError
 from jaxlora import nnx
 from jaxlora.nn.intercept import intercept, kernel_axes
+from jaxlora.nn.quantize import dequantize, quantize
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Adapter", "AdapterConfig", "LoraFactors", "ParamCount", "apply", "count_params", "init", "merge",
     "param_table", "register", "registered_variants", "to_lora_factors", "unmerge", "UserError", "errors",
-    "intercept", "kernel_axes", "nnx",
+    "intercept", "kernel_axes", "nnx", "quantize", "dequantize",
 ]

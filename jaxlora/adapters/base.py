@@ -223,7 +223,7 @@ class Target:
             return kernel
         order = self.in_dims + self.out_dims
         if order != tuple(range(kernel.ndim)):
-            kernel = jnp.transpose(kernel, order)
+            kernel = kernel.transpose(order)  # the method: a quantized kernel records it as a lazy view
         return kernel.reshape(self.shape)
 
     def from_matrix(self, matrix: Array) -> Array:

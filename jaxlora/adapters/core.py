@@ -230,7 +230,9 @@ class ParamCount(NamedTuple):
 
 
 def _size(tree) -> int:
-    return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+    # A quantized kernel (jaxlora.quantize) counts the numbers it stands for, not its codes and scales.
+    leaves = jax.tree.leaves(tree, is_leaf=lambda x: hasattr(x, "dequantize"))
+    return int(sum(np.size(x) for x in leaves))
 
 
 def count_params(adapter: Adapter, frozen: Mapping | None = None) -> ParamCount:

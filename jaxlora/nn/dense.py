@@ -15,6 +15,11 @@ Why not ``self.param``: Linen's ``param`` checks an existing value's leaves
 against the shape its init function would produce, which a node holding ``K``
 and its factors fails. So the kernel is read with ``get_variable`` when it
 exists and created with ``param`` only at init time.
+
+A frozen kernel stored quantized (:func:`jaxlora.quantize`, QLoRA) is read the
+same way and dequantized inside the layer, right before the product: the
+full-precision ``K`` is a temporary of the step, not one of its arguments, and
+the factored product, its custom backward pass included, is unchanged.
 """
 
 from __future__ import annotations
@@ -144,7 +149,7 @@ class Dense(nn.Module):
         # (measured: 52 ms instead of 3 ms for one 2048 x 1536 cotangent; docs/BENCHMARKS.md).
         lead = x.shape[:-1]
         x = x.astype(dtype).reshape(-1, x.shape[-1])
-        frozen = frozen.astype(dtype)
+        frozen = frozen.astype(dtype)  # a quantized kernel (jaxlora.quantize) is dequantized here, in the step
 
         if adapted is None:
             y = x @ frozen

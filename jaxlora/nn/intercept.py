@@ -23,6 +23,10 @@ kernel is the node's ``(d_in, d_out)`` matrix, and the product is
 through :func:`jaxlora.nn.dense.factored_product`: ``K + s * a @ b`` is never
 formed and no gradient of ``K`` is built. Layers whose kernel is a plain array,
 and subclasses that override ``__call__``, run exactly as without the context.
+A quantized kernel (:func:`jaxlora.quantize`) is dequantized in the layer, under
+an adapter or alone (a stock Linen layer needs the context for a quantized kernel
+without adapter too: its shape check would read the packed codes; NNX layers read
+``kernel[...]``, which dequantizes anywhere).
 
 Low-rank dropout: stock layers have no ``deterministic`` flag, so the context
 carries it: ``intercept(deterministic=False)`` drops the low-rank input of nodes
@@ -46,6 +50,7 @@ from flax import nnx
 from jaxlora.adapters.base import AdaptedKernel
 from jaxlora.adapters.targets import einsum_layout
 from jaxlora.nn.dense import dropout, factored_product
+from jaxlora.nn.quantize import QuantizedKernel
 
 Array = jax.Array
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -151,10 +156,27 @@ def factored_einsum(
     perm_out = [order.index(c) for c in out]
     if perm_out != list(range(len(out))):
         y = jnp.transpose(y, perm_out)
-    if bias is not None:
-        bias_shape = [y.shape[i] if c in rhs else 1 for i, c in enumerate(out)]
-        y = y + jnp.reshape(bias.astype(dtype), bias_shape)
-    return y
+    return _add_bias(y, bias, rhs, out, dtype)
+
+
+def _add_bias(y: Array, bias: Array | None, rhs: str, out: str, dtype: Any) -> Array:
+    if bias is None:
+        return y
+    bias_shape = [y.shape[i] if c in rhs else 1 for i, c in enumerate(out)]
+    return y + jnp.reshape(bias.astype(dtype), bias_shape)
+
+
+def dequantized_einsum(equation: str, x: Array, kernel: QuantizedKernel, bias: Array | None, dtype: Any) -> Array:
+    """``einsum(equation, x, K) + bias`` for a quantized kernel with no adapter: ``K`` dequantized here.
+
+    >>> from jaxlora.nn.quantize import quantize
+    >>> dequantized_einsum("bd,dn->bn", jnp.ones((2, 4)), quantize(jnp.ones((4, 8)), "nf4", 8), None, jnp.float32).tolist()[0]
+    [4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0]
+    """
+    eq = _expand_ellipsis(equation, x.ndim)
+    operands, out = eq.split("->")
+    rhs = operands.split(",")[1]
+    return _add_bias(jnp.einsum(eq, x.astype(dtype), kernel.astype(dtype)), bias, rhs, out, dtype)
 
 
 def _dtype(layer_dtype, *arrays) -> Any:
@@ -175,7 +197,8 @@ def _batchless(layer: str, batch) -> None:
 _LINEN_LAYERS = (nn.Dense, nn.DenseGeneral, nn.Einsum)
 
 
-def _linen_call(module: nn.Module, node: AdaptedKernel, x: Array, einsum_str: str | None, ctx: _Context) -> Array:
+def _linen_layout(module: nn.Module, x: Array, einsum_str: str | None):
+    """``(name, equation, kernel_shape, bias)`` of a stock Linen layer about to run on ``x``."""
     name = "/".join(module.path) or type(module).__name__
     bias = module.get_variable("params", "bias") if getattr(module, "use_bias", False) else None
     if isinstance(module, nn.Dense):
@@ -189,6 +212,11 @@ def _linen_call(module: nn.Module, node: AdaptedKernel, x: Array, einsum_str: st
     else:
         equation = einsum_str if einsum_str is not None else module.einsum_str
         kernel_shape = tuple(module.shape)
+    return name, equation, kernel_shape, bias
+
+
+def _linen_call(module: nn.Module, node: AdaptedKernel, x: Array, einsum_str: str | None, ctx: _Context) -> Array:
+    name, equation, kernel_shape, bias = _linen_layout(module, x, einsum_str)
     rng = None
     if not ctx.deterministic and node.dropout_rate > 0.0:
         rng = module.make_rng("dropout")
@@ -207,10 +235,14 @@ def _linen_interceptor(next_fun, args, kwargs, context):
     ):
         return next_fun(*args, **kwargs)
     node = module.get_variable("params", "kernel")
-    if not isinstance(node, AdaptedKernel):
+    if not isinstance(node, (AdaptedKernel, QuantizedKernel)):
         return next_fun(*args, **kwargs)
     x = args[0] if args else kwargs["inputs"]
     einsum_str = args[1] if len(args) > 1 else kwargs.get("einsum_str")
+    if isinstance(node, QuantizedKernel):
+        # Linen's param shape check would read the packed codes: run the layer's einsum here instead.
+        _, equation, _, bias = _linen_layout(module, x, einsum_str)
+        return dequantized_einsum(equation, x, node, bias, _dtype(module.dtype, x, node, bias))
     return _linen_call(module, node, x, einsum_str, ctx)
 
 

@@ -7,6 +7,7 @@ fields together:
 2. the model is loaded with the head the task asks for (``task.model_head()``);
 3. the training method (:func:`~jaxlora.training.methods.method_from_config`, or the PEFT folder
    of ``config.init_from_peft``) gives the initial adapter;
+   with ``config.frozen_quant``, the frozen kernels are then quantized (:func:`jaxlora.quantize`);
 4. the optimiser follows the task's epochs and the config's schedule;
 5. the mesh places the frozen params by logical axes, the adapter factors like the weights they
    adapt, the batches over ``(data, fsdp)`` (:mod:`~jaxlora.training.sharding`), and the initial state goes onto it.
@@ -31,6 +32,10 @@ import jaxlora
 from jaxlora import models, tasks
 from jaxlora.adapters.config import AdapterConfig
 from jaxlora.adapters.core import Adapter
+from jaxlora.adapters.targets import flatten, join
+from jaxlora.errors import ConfigError
+from jaxlora.nn.quantize import quantized_paths
+from jaxlora.util import listing
 from jaxlora.training import config as config_lib
 from jaxlora.training import optim
 from jaxlora.training import sharding as sh
@@ -110,6 +115,28 @@ def _initial_method(config, module, frozen_host) -> tuple[TrainingMethod, Adapte
     return method, method.initial(jax.random.fold_in(jax.random.key(int(config.seed)), 1), frozen_host)
 
 
+def _quantized(config, frozen_host, adapter: Adapter):
+    """``config.frozen_quant``: the frozen kernels as :func:`jaxlora.quantize` nodes (QLoRA), on the host.
+
+    Leaves trained in full (the task head) keep their dtype: they are copied into the adapter and trained.
+    """
+    if config.frozen_quant is None:
+        return frozen_host
+    trained_in_full = tuple(join(path) for path in flatten(adapter.trainable.get("full", {})))
+    try:
+        quantized = jaxlora.quantize(frozen_host, config.frozen_quant, int(config.frozen_quant_block_size),
+                                     skip=trained_in_full)
+    except ValueError as err:
+        raise ConfigError(
+            f"config.frozen_quant={config.frozen_quant!r} cannot quantize this model: {err}",
+            "Set config.frozen_quant_block_size to a divisor of every kernel's last axis, or leave frozen_quant unset.",
+        ) from None
+    paths = quantized_paths(quantized)
+    log.info("Frozen kernels stored as %s in blocks of %d: %d kernels (%s)", config.frozen_quant,
+             int(config.frozen_quant_block_size), len(paths), listing(paths, limit=6))
+    return jax.device_get(quantized)
+
+
 def _check_batch_sizes(config, mesh: jax.sharding.Mesh) -> None:
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     for name in ("batch_size", "eval_batch_size"):
@@ -179,6 +206,7 @@ def build(config) -> Run:
     # Host copies: sharded device copies are made below; keeping a whole copy on one device would waste it.
     frozen_host = jax.device_get(frozen_host)
     method, adapter = _initial_method(config, module, frozen_host)
+    frozen_host = _quantized(config, frozen_host, adapter)
 
     spe = task.steps_per_epoch(data.train, int(config.batch_size))
     total = spe * config_lib.num_epochs(config, task)

@@ -69,6 +69,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # computation and frozen-parameter dtype: float32 or bfloat16
     c.model_dropout = -1.0  # hidden/attention dropout of the model; < 0 keeps the checkpoint's
     c.remat = False  # recompute each transformer layer in the backward pass (gradient checkpointing)
+    # Frozen linear kernels stored quantized (QLoRA), dequantized inside each step: "int8" or "nf4"; None keeps them.
+    c.frozen_quant = ml_collections.config_dict.placeholder(str)
+    c.frozen_quant_block_size = 64  # numbers per absmax scale of frozen_quant, along each kernel's last axis
     c.data_dir = ""  # local GLUE folder (GLUE_DIR layout); "" = the Hugging Face hub
     c.validation_fraction = 0.1  # share of GLUE train held out to select checkpoints
     c.split_seed = 1  # the protocol's fixed shuffle of GLUE train (not a training seed)
@@ -258,6 +261,7 @@ def _value_problems(config: ml_collections.ConfigDict) -> list[str]:
             problems.append(f"config.lora.dropout={config.lora.dropout} must be in [0, 1).")
         if config.lora.rank < 1:
             problems.append(f"config.lora.rank={config.lora.rank} must be at least 1.")
+    problems += _quant_problems(config)
     if config.model_dropout >= 1.0:
         problems.append(f"config.model_dropout={config.model_dropout} must be below 1 (or < 0: the checkpoint's).")
     if config.divergence.factor < 0 or config.divergence.steps < 0:
@@ -269,6 +273,24 @@ def _value_problems(config: ml_collections.ConfigDict) -> list[str]:
     except ValueError as err:
         problems.append(f"config.mesh: {err}")
     return problems
+
+
+def _quant_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """``frozen_quant`` names a kind jaxlora.quantize knows, and there are frozen weights to quantize."""
+    from jaxlora.nn.quantize import KINDS
+
+    kind, block = config.frozen_quant, config.frozen_quant_block_size
+    if kind is None:
+        return []
+    if kind not in KINDS:
+        return [f"config.frozen_quant={kind!r} is not a quantisation kind: use {' or '.join(map(repr, KINDS))} "
+                "(QLoRA's is 'nf4'), or leave it unset (None) to keep the frozen weights as loaded."]
+    if config.lora.variant == FULL_VARIANT:
+        return [f"config.frozen_quant={kind!r} quantizes the frozen weights, but config.lora.variant='full' trains "
+                "every weight: choose a low-rank variant, or leave frozen_quant unset."]
+    if block < 1:
+        return [f"config.frozen_quant_block_size={block} must be at least 1 (QLoRA uses 64)."]
+    return []
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxlora.models import logical_axes
+from jaxlora.nn.quantize import QuantizedKernel
 
 __all__ = [
     "AXES",
@@ -173,6 +174,10 @@ def frozen_shardings(source: Any, params_or_mesh: Any = None, mesh: Mesh | None 
 
         def place(logical: PartitionSpec, leaf) -> NamedSharding:
             mesh_spec = nn.logical_to_mesh_axes(tuple(logical), rules)
+            if isinstance(leaf, QuantizedKernel):
+                # Codes and scales keep the kernel's axes (blocks run along its last one), so each is split
+                # like the kernel wherever the mesh divides it, and every shard dequantizes on its own.
+                return jax.tree.map(lambda a: NamedSharding(mesh, fit_spec(mesh_spec, np.shape(a), mesh)), leaf)
             return NamedSharding(mesh, fit_spec(mesh_spec, np.shape(leaf), mesh))
 
         return jax.tree.map(place, axes, params_or_mesh, is_leaf=lambda x: isinstance(x, PartitionSpec))
@@ -322,7 +327,8 @@ def _factor_specs(frozen: Mapping, frozen_sh: Mapping, config, mesh: Mesh) -> di
 
     specs: dict = {}
     for path, target in find_targets(frozen, config).items():
-        kernel_spec = _path_lookup(frozen_sh, path + ("kernel",)).spec
+        kernel_sh = _path_lookup(frozen_sh, path + ("kernel",))
+        kernel_spec = (kernel_sh.codes if isinstance(kernel_sh, QuantizedKernel) else kernel_sh).spec
         d_in_axes = _matrix_axes(kernel_spec, target.in_dims)
         d_out_axes = _matrix_axes(kernel_spec, target.out_dims)
         # Per-matrix factors (LoRA, B-only, A-only, MTLoRA) live under the module's path.
