@@ -1,6 +1,6 @@
-"""A-only asymmetric LoRA (the ablation: random orthonormal b frozen, a trained; r=8, query and value) on SST-2 with the CondLoRA paper's protocol (`:offline` for MiniLM + local GLUE files).
+"""A-only asymmetric LoRA (the ablation: random orthonormal b frozen, a trained; r=8, alpha=16, dropout 0.05, query and value) on SST-2 with the asymmetry paper's protocol (`:offline` for MiniLM + local GLUE files).
 
-The paper gives no A-only rates for this protocol: LoRA's per-task rates are used.
+One learning rate for LoRA, B-only and A-only, as the paper ran them: LoRA's per-task rates. ``:rank=16`` for rank 2r.
 
 A shortcut for ``configs/glue.py:method=aonly``; the argument takes the same ``offline`` and task options.
 

@@ -1,7 +1,7 @@
-"""B-only asymmetric LoRA (random orthonormal a frozen, b trained; r=8, query and value) on SST-2 with the CondLoRA paper's protocol (`:offline` for MiniLM + local GLUE files).
+"""B-only asymmetric LoRA (random orthonormal a frozen, b trained; r=8, alpha=16, dropout 0.05, query and value) on SST-2 with the asymmetry paper's protocol (`:offline` for MiniLM + local GLUE files).
 
-The paper gives no B-only rates for this protocol: LoRA's per-task rates are used.
-Zhu et al. compare B-only at rank 2r with LoRA at rank r: add --config.lora.rank=16 for that.
+One learning rate for LoRA, B-only and A-only, as the paper ran them: LoRA's per-task rates.
+Zhu et al. compare B-only at rank 2r with LoRA at rank r: ``:rank=16`` (alpha 32, the paper's scale 2).
 
 A shortcut for ``configs/glue.py:method=bonly``; the argument takes the same ``offline`` and task options.
 

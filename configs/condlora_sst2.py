@@ -1,6 +1,8 @@
 """CondLoRA (one shared linear map per module type; r=8, alpha=8, query and value) on SST-2 with the CondLoRA paper's protocol (`:offline` for MiniLM + local GLUE files).
 
-Learning rates: the paper's per-task CondLoRA rates (METHODS.md section 3).
+Learning rates: the paper's per-task CondLoRA rates (METHODS.md section 3). As the official scripts: gradient
+clipping at norm 1.0, validation every 1500 steps on epochs of at least 1500 steps (else once per epoch), early
+stopping with patience 30 on SST-2, MRPC, QNLI and STS-B.
 
 A shortcut for ``configs/glue.py:method=condlora``; the argument takes the same ``offline`` and task options.
 

@@ -43,6 +43,8 @@ __all__ = [
     "adapter_config",
     "learning_rate",
     "num_epochs",
+    "eval_every",
+    "early_stopping_patience",
     "flags_parser",
 ]
 
@@ -50,6 +52,8 @@ __all__ = [
 FULL_VARIANT = "full"
 # optimizer.learning_rate's sentinel: the task's entry of optimizer.task_learning_rates.
 TASK_LEARNING_RATE = "task"
+# config.test_step: test the best validation step, or the last one.
+TEST_STEPS = ("best", "last")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -88,6 +92,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.max_steps = -1  # caps the run (-1: no cap); the schedule decays over the capped length
     c.eval_every = 0  # steps between validations (0: once per epoch); always once at the end
     c.eval_at_start = False  # validate before the first step too (step 0: the zero-shot score), not a checkpoint candidate
+    # With eval_every 0: when an epoch has at least this many steps, validate every this many steps instead of
+    # once per epoch (the CondLoRA scripts: 1500); 0: always once per epoch.
+    c.long_epoch_eval_every = 0
+    # Stop after `patience` validations in a row without a new best (0: never), on the listed tasks only
+    # (empty: every task); the CondLoRA scripts: 30 on SST-2, MRPC, QNLI and STS-B.
+    c.early_stopping = ml_collections.ConfigDict()
+    c.early_stopping.patience = 0
+    c.early_stopping.tasks = ()
+    c.test_step = "best"  # the step tested: "best" validation, or "last" (the asymmetry scripts' final model)
     c.log_every = 50  # steps between train-metric lines in metrics.jsonl
     c.seed = 0  # adapter init, head init, dropout and data order
 
@@ -107,7 +120,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.optimizer.b2 = 0.999
     c.optimizer.eps = 1e-8
     c.optimizer.warmup_ratio = 0.1
-    c.optimizer.clip_norm = 0.0  # global-norm gradient clipping (0: off)
+    c.optimizer.clip_norm = 1.0  # global-norm gradient clipping (0: off); 1.0 is the HF Trainer's, which every paper ran
 
     # Devices: a mesh with axes (data, fsdp, tensor); -1 fills the remaining devices.
     c.mesh = ml_collections.ConfigDict()
@@ -215,6 +228,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
             problems.append(f"config.checkpoint.keep must be at least 1, got {config.checkpoint.keep}.")
         if config.max_steps == 0:
             problems.append("config.max_steps=0 trains nothing: use a positive cap, or -1 for none.")
+        if config.test_step not in TEST_STEPS:
+            problems.append(f"config.test_step={config.test_step!r}: use one of {list(TEST_STEPS)}.")
+        if config.long_epoch_eval_every < 0 or config.early_stopping.patience < 0:
+            problems.append("config.long_epoch_eval_every and config.early_stopping.patience must be >= 0 (0: off).")
     if not problems:
         problems += _value_problems(config)
     if not problems:  # what is left for AdapterConfig itself to refuse: variant options, patterns
@@ -401,6 +418,33 @@ def num_epochs(config: ml_collections.ConfigDict, task: tasks.Task | None = None
         raise ValueError(f"config.num_epochs is 0 (the task's default), but task {config.task!r} has no default "
                          "epoch count: set --config.num_epochs=N or --config.max_steps=N.")
     return epochs
+
+
+def eval_every(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """Steps between validations: ``eval_every``, else ``long_epoch_eval_every`` on long epochs, else one epoch.
+
+    >>> config = default_config()
+    >>> config.long_epoch_eval_every = 1500          # the CondLoRA scripts' cadence
+    >>> eval_every(config, steps_per_epoch=3788), eval_every(config, steps_per_epoch=207)
+    (1500, 207)
+    """
+    if config.eval_every > 0:
+        return int(config.eval_every)
+    cap = int(config.long_epoch_eval_every)
+    return cap if 0 < cap <= steps_per_epoch else max(int(steps_per_epoch), 1)
+
+
+def early_stopping_patience(config: ml_collections.ConfigDict, task_name: str) -> int:
+    """Validations without a new best that stop the run on ``task_name`` (0: never).
+
+    >>> config = default_config()
+    >>> config.early_stopping.patience, config.early_stopping.tasks = 30, ("sst2", "mrpc", "qnli", "stsb")
+    >>> early_stopping_patience(config, "mrpc"), early_stopping_patience(config, "rte")
+    (30, 0)
+    """
+    tasks_listed = tuple(config.early_stopping.tasks)
+    applies = not tasks_listed or task_name in tasks_listed
+    return int(config.early_stopping.patience) if applies else 0
 
 
 # --------------------------------------------------------------------------------------------

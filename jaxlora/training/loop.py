@@ -87,6 +87,7 @@ class _Selection:
     best_step: int = -1
     last_saved: int = -1
     last_eval_step: int = -1
+    stale: int = 0  # validations in a row without a strictly better metric (early stopping counts them)
 
 
 def _meta(loader: jdata.LoaderState, step: int, selection: _Selection, run: Run, validation=None) -> dict:
@@ -95,6 +96,7 @@ def _meta(loader: jdata.LoaderState, step: int, selection: _Selection, run: Run,
         "loader": [int(v) for v in loader],
         "best_step": selection.best_step,
         "best_metric": selection.best_metric if math.isfinite(selection.best_metric) else None,
+        "stale_validations": selection.stale,
         "metric_name": run.metric_name,
         "validation": validation,
         "total_steps": run.total_steps,
@@ -183,7 +185,7 @@ def _resume(run: Run, checkpointer: ckpt_lib.Checkpointer, state_target, ckpt_di
     step = restored.step
     selection = _Selection(best_step=int(restored.meta.get("best_step", -1)),
                            best_metric=float(restored.meta.get("best_metric") or -math.inf),
-                           last_saved=step,
+                           last_saved=step, stale=int(restored.meta.get("stale_validations") or 0),
                            last_eval_step=step if restored.meta.get("validation") is not None else -1)
     log.info("Resumed from step %d (%s).", step, ckpt_dir)
     return restored.state, jdata.LoaderState.from_array(restored.meta["loader"]), step, selection
@@ -201,7 +203,8 @@ class _Loop:
         self.train_step = make_train_step(run.module, run.method, run.optimizer, run.task, run.shardings)
         self.eval_step = make_eval_step(run.module, run.method, run.shardings, run.task)
         self.schedule = optim.schedule_of(run.optimizer_spec, run.total_steps)
-        self.eval_every = int(cfg.eval_every) if cfg.eval_every > 0 else run.steps_per_epoch
+        self.eval_every = config_lib.eval_every(cfg, run.steps_per_epoch)
+        self.patience = config_lib.early_stopping_patience(cfg, run.task.name)
         self.log_every = max(int(cfg.log_every), 1)
         self.bar = reporting.Progress(run.total_steps, initial=step, enabled=bool(cfg.progress_bar))
         self.clock = Throughput(start=time.perf_counter())
@@ -223,6 +226,8 @@ class _Loop:
         metrics = self.run.task.metrics(self.evaluate(state, self.run.validation_data), self.run.validation_data)
         value = float(metrics[self.run.metric_name])
         best = self.selection
+        # Early stopping counts a tie as no improvement (as the HF Trainer's callback does).
+        best.stale = 0 if value > best.best_metric else best.stale + 1
         if value >= best.best_metric:  # ties go to the later step, as orbax's BestN keeps them
             best.best_metric, best.best_step = value, step
         best.last_eval_step = step
@@ -248,6 +253,10 @@ class _Loop:
         self.metrics_log.write({"step": 0, "split": "validation", **metrics})
         self.bar.write(f"step 0 (before training): validation {', '.join(f'{k} {v:.4f}' for k, v in metrics.items())}")
         return metrics
+
+    def stopped_early(self) -> bool:
+        """``early_stopping.patience`` validations in a row brought no new best."""
+        return 0 < self.patience <= self.selection.stale
 
     def check_loss(self, done_step: int, loss: float, params_finite: bool) -> None:
         if math.isfinite(loss) and params_finite:
@@ -302,7 +311,7 @@ class _Loop:
         run, cfg = self.run, self.run.config
         batches = run.task.train_batches(run.train_data, loader, int(cfg.batch_size))
         self._at = (state, loader, step)
-        while step < run.total_steps:
+        while step < run.total_steps and not self.stopped_early():
             interrupts.raise_if_requested()  # a signal only set a flag: stop here, between steps
             self.clock.begin_step()
             batch, next_loader = next(batches)
@@ -319,6 +328,8 @@ class _Loop:
             if step % self.eval_every == 0 or step == run.total_steps:
                 self.drain()
                 self.validate_and_save(state, step, loader)
+                if self.stopped_early():
+                    self.bar.write(f"step {step}: early stop, {self.selection.stale} validations without a new best")
             elif cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0:
                 self.drain()
                 self.save(step, state, loader)
@@ -349,7 +360,8 @@ class _Loop:
         if self.selection.last_eval_step != step:
             self.validate_and_save(state, step, loader)
         self.checkpointer.wait()
-        best_step = self.selection.best_step if self.selection.best_step >= 0 else step
+        use_best = self.run.config.test_step == "best" and self.selection.best_step >= 0
+        best_step = self.selection.best_step if use_best else step
         if best_step != step and best_step not in self.checkpointer.steps:
             log.warning("The best checkpoint (step %d) is gone (moved aside as unreadable?): testing step %d "
                         "instead.", best_step, step)
@@ -452,6 +464,7 @@ def _train(config, workdir: str | os.PathLike, hooks: Sequence[Callable[[int], N
         "best_validation_metric": best if math.isfinite(best) else None,
         "initial_validation_metrics": initial_metrics,  # step 0, before training (config.eval_at_start)
         "steps": int(step),
+        "stopped_early": loop.stopped_early(),
         "total_steps": run.total_steps,
         "trainable_params": int(run.param_counts.trainable),
         "param_counts": run.param_counts._asdict(),

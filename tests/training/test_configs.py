@@ -13,12 +13,17 @@ from tests.training.conftest import METHODS, REPO, load_config
 def test_config_file_loads_with_protocol_defaults(method):
     config = load_config(method)
     training.validate(config)
-    assert config.task == "sst2" and config.batch_size == 16 and config.max_length == 512
-    assert config.lora.rank == 8 and config.lora.alpha == 8.0 and tuple(config.lora.targets) == ("query", "value")
-    assert config.optimizer.weight_decay == 0.0 and config.optimizer.warmup_ratio == 0.1
+    assert config.task == "sst2" and config.max_length == 512 and config.optimizer.clip_norm == 1.0
+    assert config.lora.rank == 8 and config.lora.variant == method
     assert training.config.num_epochs(config) == 60
-    expected_variant = method
-    assert config.lora.variant == expected_variant
+    if method in ("bonly", "aonly"):  # the asymmetry paper's protocol (tests/experiments/test_presets.py: all fields)
+        assert config.lora.alpha == 16.0 and config.lora.dropout == 0.05 and config.test_step == "last"
+    elif method == "mtlora":  # MTLoRA's official protocol
+        assert config.lora.alpha == 16.0 and config.batch_size == 32 and config.optimizer.weight_decay == 0.1
+    else:  # the CondLoRA paper's
+        assert config.batch_size == 16 and config.lora.alpha == 8.0 and tuple(config.lora.targets) == ("query", "value")
+        assert config.optimizer.weight_decay == 0.0 and config.optimizer.warmup_ratio == 0.1
+        assert config.early_stopping.patience == 30 and config.long_epoch_eval_every == 1500
 
 
 def test_protocol_learning_rates_follow_the_task():
@@ -68,14 +73,18 @@ def test_glue_config_argument_picks_method_task_and_offline(monkeypatch, tmp_pat
     from configs import glue
 
     monkeypatch.setenv("GLUE_DIR", str(tmp_path))
-    assert glue.parse("method=condlora,task=rte,offline") == {"method": "condlora", "task": "rte", "offline": True}
-    assert glue.parse("offline,STS-B") == {"method": "lora", "task": "stsb", "offline": True}  # the old spelling
+    assert glue.parse("method=condlora,task=rte,offline") == {"method": "condlora", "protocol": "condlora",
+                                                              "task": "rte", "rank": None, "offline": True}
+    assert glue.parse("offline,STS-B") == {"method": "lora", "protocol": "condlora", "task": "stsb", "rank": None,
+                                           "offline": True}  # the old spelling
+    assert glue.parse("method=aonly,rank=16")["protocol"] == "asymmetry"  # a method's own paper's protocol
     config = glue.get_config("method=full,task=mrpc,offline")
     assert (config.lora.variant, config.task, config.optimizer.learning_rate) == ("full", "mrpc", 5e-5)
-    assert glue.get_config("method=mtlora").optimizer.task_learning_rates["sst2"] == pytest.approx(2.53e-4)
+    assert glue.get_config("method=mtlora,protocol=condlora").optimizer.task_learning_rates["sst2"] == pytest.approx(2.53e-4)
     with pytest.raises(ValueError, match=r"Unknown method 'dora' in the config argument; choose one of \[.*'full'\]"):
         glue.get_config("method=dora")
-    with pytest.raises(ValueError, match=r"Unknown config option 'ofline': use method=<.*>, task=<.*> and/or offline"):
+    with pytest.raises(ValueError, match=r"Unknown config option 'ofline': use method=<.*>, protocol=<.*>, task=<.*>, "
+                                         r"rank=<r> and/or offline"):
         glue.get_config("ofline")
 
 
