@@ -9,7 +9,9 @@ Every run goes through :func:`jaxlora.training.train` (what ``train.py`` calls) 
 preset and the study's budget (:mod:`experiments.study`). A row is appended to ``<results>/study.csv`` only
 when its run has finished, by writing the whole file anew and renaming it over the old one, so a kill never
 leaves half a row; finished rows are never rerun (the plan skips their ids), and a run killed midway resumes
-from its last checkpoint in ``<runs>/<id>``. Each row holds the full config as JSON, its hash, the versions,
+from its last checkpoint in ``<runs>/<id>``. Ids come from the run's definition in the study
+(:func:`experiments.study.definition_digest`), so a config field added later does not orphan finished rows;
+each row still records the hash of its full config. Each row holds the full config as JSON, its hash, the versions,
 the wall time and the asymmetry diagnostic; finished LoRA rows keep their adapter in ``<results>/adapters/<id>``.
 
 The learning rate of each method is chosen from the validation metrics of its learning-rate stage
@@ -99,8 +101,7 @@ def run_identity(run: study.Run, overrides: dict, results_dir: str) -> tuple[str
     from jaxlora.training import config as config_lib
 
     document = config_lib.to_dict(make_config(run, overrides, results_dir))
-    digest = study.config_hash(document)
-    return study.run_id(run, digest), digest, document
+    return study.run_id(run, study.definition_digest(run, overrides)), study.config_hash(document), document
 
 
 # ----------------------------------------------------------------------------------------------

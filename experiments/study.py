@@ -91,11 +91,30 @@ def config_hash(config: Mapping) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_id(run: Run, digest: str) -> str:
-    """``sst2-lora-s0-lr1e-03-<first 8 of the config hash>``: readable, and new whenever the config changes.
+# Bump when a preset or the budget changes what a run means: the ids change, so old rows no longer count.
+STUDY_VERSION = 1
 
-    >>> run_id(Run("sst2", "lora", 0, 1e-3, "lr"), "0123456789abcdef")
-    'sst2-lora-s0-lr1e-03-01234567'
+
+def definition_digest(run: Run, overrides: Mapping) -> str:
+    """sha256 (8 hex digits) of what defines a run in this study: the study version, the method's preset
+    argument, the budget, the ``--set`` overrides, task, seed, rate and frame.
+
+    Unlike :func:`config_hash` it does not change when the config schema grows a field (another issue's new
+    option, at its default), so a later session resumes the same grid.
+
+    >>> definition_digest(Run("sst2", "lora", 0, 1e-3, "lr"), {}) == definition_digest(Run("sst2", "lora", 0, 1e-3, "seed"), {})
+    True
+    """
+    what = {"version": STUDY_VERSION, "preset": METHODS[run.method], "budget": BUDGET, "overrides": dict(overrides),
+            "task": run.task, "seed": run.seed, "lr": _rate_key(run.learning_rate), "frame": run.frame_from}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def run_id(run: Run, digest: str) -> str:
+    """``sst2-lora-s0-lr1e-03-<digest>``: readable, and new whenever the run's definition changes.
+
+    >>> run_id(Run("sst2", "lora", 0, 1e-3, "lr"), "0123abcd")
+    'sst2-lora-s0-lr1e-03-0123abcd'
     """
     return f"{run.task}-{run.method}-s{run.seed}-lr{run.learning_rate:.0e}-{digest[:8]}"
 
