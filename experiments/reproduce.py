@@ -279,6 +279,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", default=DEFAULT_RUNS, help="folder of the runs' workdirs (checkpoints)")
     parser.add_argument("--summarise", action="store_true", help="write the tables and figures from the CSV alone")
     parser.add_argument("--out", default=os.path.join(REPO, "docs", "reproduction"), help="--summarise's folder")
+    parser.add_argument("--doc", default=os.path.join(REPO, "docs", "REPRODUCTION.md"),
+                        help="--summarise also rewrites this file's summary block ('none': no file)")
     parser.add_argument("--rerun", metavar="ID", help="rerun one recorded row from its recorded config")
     parser.add_argument("--plan", action="store_true", help="list the runs the grid would do next")
     parser.add_argument("--task", action="append", help="only these tasks (repeat)")
@@ -297,7 +299,8 @@ def main(argv=None) -> int:
         overrides[field] = parse_value(value)
     os.chdir(REPO)  # recorded paths (the control's frame) are relative to the repository
     if args.summarise:
-        path, figures = summary.write(os.path.join(args.results, "study.csv"), args.out,
+        doc = args.doc if args.doc != "none" else None
+        path, figures = summary.write(os.path.join(args.results, "study.csv"), args.out, doc=doc,
                                       **{k: v for k, v in grid_options(args).items() if k != "seeds"})
         print("\n".join([path] + figures))
         return 0

@@ -147,7 +147,7 @@ def summarise(rows: Sequence[Mapping], tasks: Sequence[str] = study.TASKS, metho
                        "verdict": verdict(result, kind, enough)})
     return {"chosen": chosen, "table": table, "per_cell": per_cell, "sd": sds, "diffs": diffs, "averages": averages,
             "average_diffs": average_diffs, "claims": claims, "tasks": list(tasks), "methods": present,
-            "lr_stage": _lr_stage(rows, methods, grids, lr_tasks), "energy": _energy(rows, chosen),
+            "lr_stage": _lr_stage(rows, methods, grids, lr_tasks), "lr_tasks": list(lr_tasks), "energy": _energy(rows, chosen),
             "rows": len(rows), "wall_s": sum(float(r["wall_s"]) for r in rows)}
 
 
@@ -206,10 +206,11 @@ def markdown(report: Mapping, csv_path: str) -> str:
         lines.append(f"| {claim['claim']} ({claim['method']} - {claim['reference']}) | {_ci(claim['difference'])} "
                      f"| {claim['verdict']} |")
     lines += ["", "### Learning-rate stage (validation metric x 100, seed 0)", "",
-              "| method | lr | " + " | ".join(study.LR_TASKS) + " | mean | chosen |", "|---|---|" + "---|" * (len(study.LR_TASKS) + 2)]
+              "| method | lr | " + " | ".join(report["lr_tasks"]) + " | mean | chosen |",
+              "|---|---|" + "---|" * (len(report["lr_tasks"]) + 2)]
     for m, by_lr in report["lr_stage"].items():
         for lr in sorted(by_lr):
-            values = [by_lr[lr].get(t) for t in study.LR_TASKS]
+            values = [by_lr[lr].get(t) for t in report["lr_tasks"]]
             known = [v for v in values if v is not None]
             mean = _pts(float(np.mean(known))) if len(known) == len(values) else "—"
             mark = "yes" if math.isclose(report["chosen"].get(m, -1), lr) else ""
@@ -277,12 +278,28 @@ def figures(report: Mapping, out_dir: str) -> list[str]:
     return written
 
 
-def write(csv_path: str, out_dir: str, **grid) -> tuple[str, list[str]]:
-    """Write ``summary.md`` and the figures into ``out_dir`` from ``csv_path`` alone; return the paths."""
+START, END = "<!-- summary:start -->", "<!-- summary:end -->"
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def write(csv_path: str, out_dir: str, doc: str | None = None, **grid) -> tuple[str, list[str]]:
+    """Write ``summary.md`` and the figures into ``out_dir`` from ``csv_path`` alone; return the paths.
+
+    With ``doc``, the text between its :data:`START` and :data:`END` markers is replaced by the same tables.
+    """
     os.makedirs(out_dir, exist_ok=True)
     report = summarise(read_rows(csv_path), **grid)
+    text = markdown(report, os.path.relpath(csv_path))
     path = os.path.join(out_dir, "summary.md")
-    with open(path + ".tmp", "w") as f:
-        f.write(markdown(report, os.path.relpath(csv_path)))
-    os.replace(path + ".tmp", path)
+    _write_text(path, text)
+    if doc and os.path.exists(doc):
+        current = open(doc).read()
+        if START in current and END in current:
+            head, rest = current.split(START, 1)
+            _write_text(doc, head + START + "\n" + text + rest[rest.index(END):])
     return path, figures(report, out_dir)

@@ -55,11 +55,11 @@ def finished_grid(tiny_model, tiny_glue, tmp_path_factory):
     assert len(before) >= 1
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    return results, before, second.stdout
+    return results, before, second.stdout, (command, env)
 
 
 def test_a_killed_grid_resumes_without_rerunning_a_row(finished_grid):
-    results, before, log = finished_grid
+    results, before, log, _ = finished_grid
     rows = _rows(results)
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids)) == 4  # lr stage: 2 methods (seed 0); the seed stage adds seed 1 of each
@@ -79,7 +79,7 @@ def test_a_killed_grid_resumes_without_rerunning_a_row(finished_grid):
 
 
 def test_the_summary_reproduces_from_the_csv_alone(finished_grid, tmp_path):
-    results, _, _ = finished_grid
+    results, _, _, _ = finished_grid
     grid = {"tasks": ("sst2",), "lr_tasks": ("sst2",), "methods": ("lora", "bonly_r8"),
             "grids": {m: (0.01,) for m in study.METHODS}}
     copy = tmp_path / "study.csv"
@@ -137,7 +137,16 @@ def test_the_learning_rate_choice_never_reads_test_metrics(finished_grid):
                          lr_tasks=("sst2", "mrpc"), seeds=(1,), grids=grids)
     assert {(r.method, r.learning_rate) for r in planned if r.stage == "seed"} == set(expected.items())
     # The real grid's rows too (one rate each: that rate).
-    results, _, _ = finished_grid
+    results, _, _, _ = finished_grid
     real = [NoTestMetric(r) for r in _rows(results)]
     assert study.choose_learning_rates(real, ["lora", "bonly_r8"], {m: (0.01,) for m in study.METHODS},
                                        ["sst2"]) == {"lora": 0.01, "bonly_r8": 0.01}
+
+
+def test_rerun_reproduces_a_recorded_row(finished_grid):
+    results, _, _, (command, env) = finished_grid
+    row = _rows(results)[-1]
+    rerun = subprocess.run(command[:6] + ["--rerun", row["id"]], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    line = rerun.stdout.strip().splitlines()[-1]
+    assert line.startswith(f"{row['id']}: recorded test {float(row['test_metric']):.6f}") and line.endswith("the same")
