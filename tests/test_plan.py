@@ -95,7 +95,8 @@ def test_run_config_is_a_valid_training_config():
     config = planner.run_config("llama3-8b", planner.model_config("llama3-8b", layers=2), batch=(8, 2048),
                                 remat="full", mesh={"data": 2, "fsdp": 4})
     planner._validated(config)
-    assert (config.task, config.batch_size, config.causal_lm.max_length, config.remat) == ("causal_lm", 8, 2048, True)
+    assert (config.task, config.batch_size, config.causal_lm.max_length) == ("causal_lm", 8, 2048)
+    assert planner._remat_on(config) and not planner._remat_on(planner.run_config("x", planner.model_config("llama3-8b")))
     assert (config.mesh.data, config.mesh.fsdp, config.lora.rank) == (2, 4, 16)
     with pytest.raises(errors.ConfigError, match="ROWSxTOKENS"):
         planner.parse_batch("8by2048")

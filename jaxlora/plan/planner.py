@@ -82,7 +82,7 @@ class Plan(NamedTuple):
 
     model: str
     topology: str
-    compiled_for: str  # "tpu" (libtpu's compiler) or "cpu" (simulated devices)
+    compiled_for: str  # "tpu" (libtpu's compiler), "cpu" (simulated devices) or "local <platform>"
     mesh: dict
     batch: tuple[int, int]
     fits: bool
@@ -135,7 +135,7 @@ class Plan(NamedTuple):
         b = self.per_chip_bytes
         mesh = " x ".join(f"{k}={v}" for k, v in self.mesh.items())
         compiler = {"tpu": "the TPU compiler (libtpu)", "cpu": "XLA:CPU on simulated devices: an estimate of the TPU's figures"}.get(
-            self.compiled_for, f"this machine's {self.compiled_for} compiler")
+            self.compiled_for, f"this machine's own devices ({self.compiled_for.removeprefix('local ')})")
         lines = [
             f"plan: {self.model} on {self.topology} ({compiler}), mesh {mesh}, batch {self.batch[0]}x{self.batch[1]}",
             f"  params: {_count_text(self.params['frozen'])} frozen, {_count_text(self.params['trainable'])} trainable"
@@ -262,16 +262,17 @@ def run_config(model: str, hf_config, *, variant: str = "lora", rank: int = 16, 
     mesh = dict(mesh or {"data": 1, "fsdp": -1, "tensor": 1})
     for axis in ("data", "fsdp", "tensor"):
         config.mesh[axis] = int(mesh.get(axis, 1))
-    knobs = {"scan_layers": bool(scan), "frozen_quant": quant or ""}
-    for field, value in knobs.items():
+    wanted = {"scan_layers": (bool(scan), "--scan"), "frozen_quant": (quant or None, "--quant")}
+    for field, (value, flag) in wanted.items():
         if _has_field(config, field):
-            config[field] = type(config[field])(value) if not isinstance(config[field], str) else value
+            if value:
+                config[field] = value
         elif value:
-            raise ConfigError(f"config.{field} is not a field of this jaxlora's training config, so "
-                              f"{'--scan' if field == 'scan_layers' else '--quant'} cannot be planned yet.",
-                              "Update jaxlora (scanned layers and quantised frozen weights are issue 14's), or drop the flag.")
+            raise ConfigError(f"config.{field} is not a field of this jaxlora's training config, so {flag} cannot "
+                              "be planned yet.", "Update jaxlora (scanned layers and quantised frozen weights are "
+                              "issue 14's), or drop the flag.")
     if remat not in (None, "", "none"):
-        config.remat = True if isinstance(config.remat, bool) else str(remat)
+        config.remat = True if isinstance(config.remat, bool) else str(remat)  # a bool before remat policies
     return config
 
 
@@ -442,14 +443,18 @@ def _kernel_bytes_per_chip(run: AbstractRun) -> int:
     return total
 
 
+def _remat_on(config) -> bool:
+    return bool(config.remat) and str(config.remat).lower() not in ("none", "false")
+
+
 def _alternatives(config, kind_devices) -> list[tuple[str, str, Any]]:
     """``(knob, flag, config)`` for each knob not on yet."""
     out = []
-    if not config.remat:
+    if not _remat_on(config):
         alt = config.copy_and_resolve_references()
         alt.remat = True if isinstance(config.remat, bool) else "full"
         out.append(("remat", "--remat full", alt))
-    if _has_field(config, "frozen_quant") and not config.frozen_quant:
+    if _has_field(config, "frozen_quant") and not config.get("frozen_quant"):
         alt = config.copy_and_resolve_references()
         alt.frozen_quant = "nf4"
         out.append(("quant", "--quant nf4", alt))
@@ -532,7 +537,7 @@ def plan(model: str, topology: str, *, variant: str = "lora", rank: int = 16, ta
     config = run_config(model, hf_config, variant=variant, rank=rank, targets=targets, batch=(rows, length),
                         quant=quant, remat=remat, scan=scan, mesh=mesh, dtype=dtype)
     if topology == "local":
-        devices, kind = jax.devices(), jax.default_backend()
+        devices, kind = jax.devices(), f"local {jax.default_backend()}"
     else:
         devices, kind = topo_lib.compile_devices(topology_spec, backend)
     hbm = int(hbm_bytes or topology_spec.hbm_bytes)

@@ -112,7 +112,8 @@ def local() -> Topology:
     """This process's own devices (a GPU, say) as a topology: ``plan(model, "local")`` compiles for them.
 
     HBM is the first device's ``memory_stats()["bytes_limit"]`` where the backend reports it (GPUs
-    do; the CPU does not: 0), and the peak FLOP/s is unknown (0: no MFU estimate).
+    do; for CPU devices, the host's memory shared among them), and the peak FLOP/s is unknown (0: no
+    MFU estimate).
 
     >>> local().chips == jax.device_count()
     True
@@ -121,8 +122,11 @@ def local() -> Topology:
 
     devices = jax.devices()
     stats = devices[0].memory_stats() or {}
+    memory = int(stats.get("bytes_limit", 0))
+    if not memory and devices[0].platform == "cpu":  # the CPU's memory is the host's
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // len(devices)
     return Topology(f"local ({devices[0].device_kind} x{len(devices)})", "", "", (1, 1, 1), len(devices),
-                    int(stats.get("bytes_limit", 0)), 0.0, "")
+                    memory, 0.0, "")
 
 
 def has_libtpu() -> bool:
