@@ -111,3 +111,16 @@ def test_abstract_run_matches_the_built_runs_shardings():
     assert jax.tree.map(lambda s: s.shape, run.frozen) == jax.tree.map(np.shape, frozen)
     assert set(run.batch) == set(run.task.device_keys) and run.batch["input_ids"].shape == (2, 16)
     assert run.state.trainable["lowrank"]  # every linear layer adapted
+
+
+def test_a_program_the_tpu_compiler_refuses_keeps_its_figures():
+    """libtpu refuses a program larger than HBM at compile time; its message gives the temporaries."""
+    hf = models.tiny_config("llama")
+    run = planner.abstract_run(planner.run_config("tiny", hf, rank=2, batch=(2, 16)), hf, jax.devices()[:1])
+    refusal = RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+                           "temporaries (24.51G) exceeds available HBM (15.75G).")
+    result = planner._out_of_memory(run, refusal, 1.0)
+    assert result.per_chip["temporaries"] == int(24.51 * 2**30)
+    assert result.per_chip["total"] == result.argument_bytes + result.per_chip["temporaries"]
+    assert result.cost["compiler_hbm_bytes"] == int(15.75 * 2**30)
+    assert planner._out_of_memory(run, RuntimeError("INTERNAL: something else"), 1.0) is None

@@ -98,6 +98,7 @@ class Plan(NamedTuple):
     params: dict  # frozen, trainable counts
     quantized_leaves: tuple[int, int]  # (quantized kernels, frozen leaves in all)
     advice: tuple[Advice, ...]
+    note: str = ""  # the compiler's own out-of-memory message, when it refused the program
 
     def to_json(self) -> dict:
         """The issue's schema: fits, hbm_bytes, per_chip_bytes (frozen, adapter_and_optimizer, temporaries, total), compile_s, flops, topology, mesh."""
@@ -151,6 +152,7 @@ class Plan(NamedTuple):
             f"    total          {_gib(b['total'])}   of {_gib(self.hbm_bytes)} HBM: "
             + ("fits" if self.fits else f"DOES NOT FIT (over by {_gib(b['total'] - self.hbm_bytes)})"),
             f"  compile: {self.compile_s:.1f} s; adapted_matmul form: {self.matmul_form}",
+            *([f"  the compiler refused the program: {self.note}"] if self.note else []),
             f"  FLOPs per step: {_num(self.flops)} ({_num(self.flops_per_chip)} per chip)",
             "  MFU estimate: " + (f"{self.mfu:.1%} (FLOPs / (peak x compiler's optimal {self.optimal_seconds * 1e3:.1f} ms))"
                                   if self.mfu is not None else "n/a (the compiler gives no optimal-seconds estimate)"),
@@ -406,6 +408,47 @@ def _figures(run: AbstractRun, compiled, compile_s: float) -> _Compiled:
     return _Compiled(run, compiled, compile_s, per_chip, argument_bytes, _cost(compiled))
 
 
+_SIZE = r"([\d.]+)([KMGT]?)"
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _bytes_of(number: str, unit: str) -> int:
+    return int(float(number) * _UNITS[unit])
+
+
+def _out_of_memory(run: AbstractRun, err: Exception, compile_s: float) -> _Compiled | None:
+    """The figures of a step the TPU compiler refused for want of HBM (``RESOURCE_EXHAUSTED``), or None.
+
+    The compiler names what it needed (temporaries, or the whole program) and what the chip offers;
+    the arguments are the intended shardings' bytes (the program was not built, so nothing else is known).
+    """
+    text = str(err)
+    if "RESOURCE_EXHAUSTED" not in text:
+        return None
+    needed = re.search(r"required for HLO (temporaries|.*?) \(" + _SIZE + r"\)", text)
+    used = re.search(r"[Uu]sed " + _SIZE + r" of " + _SIZE + " hbm", text)
+    s = run.shardings
+    per_chip = {
+        "frozen": _shard_bytes(run.frozen, s.frozen),
+        "adapter_and_optimizer": _shard_bytes(run.state, s.state),
+        "batch": _shard_bytes(run.batch, {k: s.batch for k in run.batch}),
+        "outputs": 0, "code": 0,
+    }
+    arguments = per_chip["frozen"] + per_chip["adapter_and_optimizer"] + per_chip["batch"]
+    if needed and needed.group(1) == "temporaries":
+        per_chip["temporaries"] = _bytes_of(needed.group(2), needed.group(3))
+    elif used:
+        per_chip["temporaries"] = max(_bytes_of(used.group(1), used.group(2)) - arguments, 0)
+    elif needed:
+        per_chip["temporaries"] = max(_bytes_of(needed.group(2), needed.group(3)) - arguments, 0)
+    else:
+        return None
+    per_chip["total"] = arguments + per_chip["temporaries"]
+    available = re.search(r"available HBM \(" + _SIZE + r"\)", text) or (used and re.search(r"of " + _SIZE, used.group(0)))
+    cost = {"compiler_hbm_bytes": _bytes_of(available.group(1), available.group(2))} if available else {}
+    return _Compiled(run, None, compile_s, per_chip, arguments, {**cost, "out_of_memory": text.splitlines()[0][:300]})
+
+
 def _compile(run: AbstractRun, kind: str) -> tuple[_Compiled, str]:
     """Compile the step; on TPU both adapted_matmul forms when they differ, keeping the better."""
     forms = ("plain", "cpu") if kind == "tpu" else ("auto",)
@@ -417,7 +460,14 @@ def _compile(run: AbstractRun, kind: str) -> tuple[_Compiled, str]:
     results = {}
     for form, low in lowered.items():
         start = time.perf_counter()
-        compiled = low.compile()
+        try:
+            compiled = low.compile()
+        except Exception as err:  # the TPU compiler refuses a program larger than HBM: keep its figures
+            out_of_memory = _out_of_memory(run, err, time.perf_counter() - start)
+            if out_of_memory is None:
+                raise
+            results[form] = out_of_memory
+            continue
         results[form] = _figures(run, compiled, time.perf_counter() - start)
     best = min(results, key=lambda f: (results[f].per_chip["total"], results[f].cost.get("optimal_seconds", 0.0)))
     return results[best], label or best
@@ -545,7 +595,8 @@ def plan(model: str, topology: str, *, variant: str = "lora", rank: int = 16, ta
     run = abstract_run(config, hf_config, devices)
     result, form = _compile(run, kind)
     total = result.per_chip["total"]
-    fits = total <= hbm
+    note = result.cost.get("out_of_memory", "")
+    fits = total <= hbm and not note
     advice: list[Advice] = []
     if not fits and advise != "none":
         for knob, flag, alt in _alternatives(config, devices):
@@ -568,7 +619,7 @@ def plan(model: str, topology: str, *, variant: str = "lora", rank: int = 16, ta
         flops_per_chip=None if flops_chip is None else float(flops_chip), optimal_seconds=optimal, mfu=mfu,
         matmul_form=form, params={"frozen": frozen_count, "trainable": _count(run.state.trainable)},
         quantized_leaves=_quant_counts(run.frozen) if config.get("frozen_quant") else (0, len(jax.tree.leaves(run.frozen))),
-        advice=tuple(advice),
+        advice=tuple(advice), note=note,
     )
 
 
