@@ -124,3 +124,12 @@ def test_a_program_the_tpu_compiler_refuses_keeps_its_figures():
     assert result.per_chip["total"] == result.argument_bytes + result.per_chip["temporaries"]
     assert result.cost["compiler_hbm_bytes"] == int(15.75 * 2**30)
     assert planner._out_of_memory(run, RuntimeError("INTERNAL: something else"), 1.0) is None
+
+
+@pytest.mark.parametrize("kind, ratio", [("int8", 0.53), ("nf4", 0.28)])
+def test_quantized_kernels_per_chip_drop_to_the_stated_ratio(kind, ratio):
+    hf = models.tiny_config("llama", hidden_size=64, intermediate_size=128, num_key_value_heads=4, vocab_size=128)
+    run = planner.abstract_run(planner.run_config("tiny", hf, rank=2, batch=(2, 16), quant=kind), hf, jax.devices()[:1])
+    quantized, plain = planner.quantized_kernel_bytes(run)
+    assert quantized / plain == pytest.approx(ratio, abs=0.005)
+    assert planner._quant_counts(run.frozen)[0] == 2 * 7 + 1  # 7 linear kernels per layer, and the LM head

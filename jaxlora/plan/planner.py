@@ -95,7 +95,7 @@ class Plan(NamedTuple):
     optimal_seconds: float | None
     mfu: float | None
     matmul_form: str  # the adapted_matmul form kept ("plain" / "cpu"), or "same" when both trace alike
-    params: dict  # frozen, trainable counts
+    params: dict  # frozen, trainable counts; quantized_kernel_bytes, kernel_bytes_unquantized (per chip)
     quantized_leaves: tuple[int, int]  # (quantized kernels, frozen leaves in all)
     advice: tuple[Advice, ...]
     note: str = ""  # the compiler's own out-of-memory message, when it refused the program
@@ -140,8 +140,10 @@ class Plan(NamedTuple):
         lines = [
             f"plan: {self.model} on {self.topology} ({compiler}), mesh {mesh}, batch {self.batch[0]}x{self.batch[1]}",
             f"  params: {_count_text(self.params['frozen'])} frozen, {_count_text(self.params['trainable'])} trainable"
-            + (f"; {self.quantized_leaves[0]} of {self.quantized_leaves[1]} frozen leaves quantized"
-               if self.quantized_leaves[0] else ""),
+            + (f"; {self.quantized_leaves[0]} of {self.quantized_leaves[1]} frozen leaves quantized (the linear "
+               f"kernels: {_gib(self.params['quantized_kernel_bytes'])} per chip, "
+               f"{self.params['quantized_kernel_bytes'] / max(self.params['kernel_bytes_unquantized'], 1):.2f}x their "
+               "unquantized bytes; embeddings and norms as they were)" if self.quantized_leaves[0] else ""),
             "  per chip:",
             f"    arguments      {_gib(self.argument_bytes)}",
             f"      frozen weights        {_gib(b['frozen'])}",
@@ -231,7 +233,8 @@ def _has_field(config, dotted: str) -> bool:
 
 def run_config(model: str, hf_config, *, variant: str = "lora", rank: int = 16, targets: Any = "all-linear",
                batch: tuple[int, int] = (8, 2048), quant: str | None = None, remat: str | None = None,
-               scan: bool = False, mesh: Mapping[str, int] | None = None, dtype: str = "bfloat16"):
+               scan: bool = False, mesh: Mapping[str, int] | None = None, dtype: str = "bfloat16",
+               quant_block_size: int = 64):
     """The :func:`jaxlora.training.default_config` of the run a plan describes (the fields ``train.py`` reads).
 
     Decoders train the ``causal_lm`` task on ``batch`` rows of that many tokens, encoders SST-2's
@@ -269,6 +272,8 @@ def run_config(model: str, hf_config, *, variant: str = "lora", rank: int = 16, 
         if _has_field(config, field):
             if value:
                 config[field] = value
+                if field == "frozen_quant":
+                    config.frozen_quant_block_size = int(quant_block_size)
         elif value:
             raise ConfigError(f"config.{field} is not a field of this jaxlora's training config, so {flag} cannot "
                               "be planned yet.", "Update jaxlora (scanned layers and quantised frozen weights are "
@@ -317,14 +322,11 @@ def _abstract_batch(task, rows: int, length: int) -> dict:
     return {k: jax.ShapeDtypeStruct(batch[k].shape, batch[k].dtype) for k in task.device_keys}
 
 
-def _quantized(config, frozen):
-    quantize = getattr(assembly, "quantized_frozen", None)
+def _quantized(config, frozen, adapter):
+    # assembly.quantized_frozen, as build applies it, on abstract leaves.
     if not config.get("frozen_quant"):
         return frozen
-    if quantize is None:
-        raise ConfigError("This jaxlora's training assembly has no quantised frozen weights (assembly.quantized_frozen).",
-                          "Update jaxlora, or drop --quant.")
-    return jax.eval_shape(lambda f: quantize(config, f), frozen)
+    return jax.eval_shape(lambda tree: assembly.quantized_frozen(config, tree, adapter), frozen)
 
 
 def abstract_run(config, hf_config, devices) -> AbstractRun:
@@ -335,9 +337,10 @@ def abstract_run(config, hf_config, devices) -> AbstractRun:
     task_name = head["task"]
     model_cfg = models.build.task_config(hf_config, task_name, head.get("num_labels"))
     module = models.build_module(model_cfg, task_name, **assembly.model_options(config))
-    frozen = _quantized(config, models.abstract_params(module))
+    frozen = models.abstract_params(module)
     method = method_from_config(config)
     adapter = jax.eval_shape(lambda key: method.initial(key, frozen), jax.random.key(0))
+    frozen = _quantized(config, frozen, adapter)
     trainable, fixed = _float32(adapter.trainable), _float32(adapter.fixed)
     spec = optim.optimizer_spec(config, config_lib.learning_rate(config, task))
     optimizer = optim.make_optimizer(spec, 1000)
@@ -477,10 +480,35 @@ def _count(tree) -> int:
     return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
+def quantized_kernel_bytes(run: AbstractRun) -> tuple[int, int]:
+    """Per chip: (bytes of the quantized kernels, codes and scales; the same kernels' bytes unquantized).
+
+    >>> hf = models.tiny_config("llama", hidden_size=64, intermediate_size=128, num_key_value_heads=4, vocab_size=128)
+    >>> run = abstract_run(run_config("tiny", hf, rank=2, batch=(2, 16), quant="nf4"), hf, jax.devices()[:1])
+    >>> quantized, plain = quantized_kernel_bytes(run)
+    >>> round(quantized / plain, 2)   # 4-bit codes and one float32 scale per 64 numbers, against bf16
+    0.28
+    """
+    from jaxlora.nn.quantize import is_quantized
+
+    nodes = jax.tree.leaves(run.frozen, is_leaf=is_quantized)
+    shardings = jax.tree.leaves(run.shardings.frozen, is_leaf=is_quantized)
+    quantized = plain = 0
+    for node, sharding in zip(nodes, shardings):
+        if is_quantized(node):
+            quantized += _shard_bytes([node.codes, node.scales], [sharding.codes, sharding.scales])
+            codes_shard = sharding.codes.shard_shape(tuple(node.codes.shape))
+            # The kernel's own bytes on this chip: its numbers (codes hold 1 or 1/2 per byte) in its dtype.
+            numbers = math.prod(codes_shard) * (2 if node.kind == "nf4" else 1)
+            plain += numbers * np.dtype(node.stored_dtype).itemsize
+    return quantized, plain
+
+
 def _quant_counts(frozen) -> tuple[int, int]:
-    nodes = jax.tree.leaves(frozen, is_leaf=lambda x: not isinstance(x, (dict, jax.ShapeDtypeStruct)))
-    quantized = sum(1 for x in nodes if not isinstance(x, jax.ShapeDtypeStruct))
-    return quantized, len(nodes)
+    """(quantized kernels, frozen leaves in all) of a frozen tree."""
+    from jaxlora.nn.quantize import is_quantized, quantized_paths
+
+    return len(quantized_paths(frozen)), len(jax.tree.leaves(frozen, is_leaf=is_quantized))
 
 
 def _kernel_bytes_per_chip(run: AbstractRun) -> int:
@@ -552,7 +580,7 @@ def plan(model: str, topology: str, *, variant: str = "lora", rank: int = 16, ta
          batch: str | tuple[int, int] = "8x2048", quant: str | None = None, remat: str | None = None,
          scan: bool = False, mesh: Mapping[str, int] | None = None, layers: int | None = None,
          dtype: str = "bfloat16", backend: str = "auto", hbm_bytes: int | None = None,
-         advise: str = "estimate") -> Plan:
+         advise: str = "estimate", quant_block_size: int = 64) -> Plan:
     """Compile the train step of the run described for ``topology`` and return its per-chip :class:`Plan`.
 
     Args:
@@ -562,7 +590,7 @@ def plan(model: str, topology: str, *, variant: str = "lora", rank: int = 16, ta
         this process's own devices (a GPU), compiled by their backend (``backend`` is then not read).
       variant, rank, targets: the adapter (``config.lora``); ``variant="full"`` plans full fine-tuning.
       batch: ``"ROWSxTOKENS"`` (global).
-      quant: ``"int8"`` / ``"nf4"`` frozen weights (``config.frozen_quant``); remat: a remat policy
+      quant: ``"int8"`` / ``"nf4"`` frozen weights (``config.frozen_quant``, blocks of ``quant_block_size``); remat: a remat policy
         (``config.remat``); scan: scanned layers (``config.scan_layers``).
       mesh: ``{"data", "fsdp", "tensor"}`` sizes (default fsdp over every chip).
       layers: compile a slice of the model with this many layers (same widths).
@@ -585,7 +613,7 @@ def plan(model: str, topology: str, *, variant: str = "lora", rank: int = 16, ta
     rows, length = parse_batch(batch)
     hf_config = model_config(model, layers)
     config = run_config(model, hf_config, variant=variant, rank=rank, targets=targets, batch=(rows, length),
-                        quant=quant, remat=remat, scan=scan, mesh=mesh, dtype=dtype)
+                        quant=quant, remat=remat, scan=scan, mesh=mesh, dtype=dtype, quant_block_size=quant_block_size)
     if topology == "local":
         devices, kind = jax.devices(), f"local {jax.default_backend()}"
     else:
@@ -617,8 +645,10 @@ def plan(model: str, topology: str, *, variant: str = "lora", rank: int = 16, ta
         fits=fits, hbm_bytes=hbm, per_chip_bytes=result.per_chip, argument_bytes=result.argument_bytes,
         compile_s=result.compile_s, flops=None if flops_chip is None else float(flops_chip) * len(devices),
         flops_per_chip=None if flops_chip is None else float(flops_chip), optimal_seconds=optimal, mfu=mfu,
-        matmul_form=form, params={"frozen": frozen_count, "trainable": _count(run.state.trainable)},
-        quantized_leaves=_quant_counts(run.frozen) if config.get("frozen_quant") else (0, len(jax.tree.leaves(run.frozen))),
+        matmul_form=form, params={"frozen": frozen_count, "trainable": _count(run.state.trainable),
+                                  **dict(zip(("quantized_kernel_bytes", "kernel_bytes_unquantized"),
+                                             quantized_kernel_bytes(run)))},
+        quantized_leaves=_quant_counts(run.frozen),
         advice=tuple(advice), note=note,
     )
 

@@ -42,7 +42,7 @@ from jaxlora.training import sharding as sh
 from jaxlora.training.methods import LowRank, TrainingMethod, method_from_config
 from jaxlora.training.step import StateShardings, TrainState
 
-__all__ = ["Run", "build", "model_options", "state_shardings"]
+__all__ = ["Run", "build", "model_options", "quantized_frozen", "state_shardings"]
 
 log = logging.getLogger("jaxlora.training")
 
@@ -115,22 +115,29 @@ def _initial_method(config, module, frozen_host) -> tuple[TrainingMethod, Adapte
     return method, method.initial(jax.random.fold_in(jax.random.key(int(config.seed)), 1), frozen_host)
 
 
-def _quantized(config, frozen_host, adapter: Adapter):
-    """``config.frozen_quant``: the frozen kernels as :func:`jaxlora.quantize` nodes (QLoRA), on the host.
+def quantized_frozen(config, frozen, adapter: Adapter):
+    """``config.frozen_quant``: the frozen kernels as :func:`jaxlora.quantize` nodes (QLoRA); ``frozen`` when unset.
 
     Leaves trained in full (the task head) keep their dtype: they are copied into the adapter and trained.
+    Traceable: ``jaxlora.plan`` runs it under ``jax.eval_shape`` on abstract params.
     """
     if config.frozen_quant is None:
-        return frozen_host
+        return frozen
     trained_in_full = tuple(join(path) for path in flatten(adapter.trainable.get("full", {})))
     try:
-        quantized = jaxlora.quantize(frozen_host, config.frozen_quant, int(config.frozen_quant_block_size),
-                                     skip=trained_in_full)
+        return jaxlora.quantize(frozen, config.frozen_quant, int(config.frozen_quant_block_size), skip=trained_in_full)
     except ValueError as err:
         raise ConfigError(
             f"config.frozen_quant={config.frozen_quant!r} cannot quantize this model: {err}",
             "Set config.frozen_quant_block_size to a divisor of every kernel's last axis, or leave frozen_quant unset.",
         ) from None
+
+
+def _quantized(config, frozen_host, adapter: Adapter):
+    """:func:`quantized_frozen` on the host, logged."""
+    quantized = quantized_frozen(config, frozen_host, adapter)
+    if quantized is frozen_host:
+        return frozen_host
     paths = quantized_paths(quantized)
     log.info("Frozen kernels stored as %s in blocks of %d: %d kernels (%s)", config.frozen_quant,
              int(config.frozen_quant_block_size), len(paths), listing(paths, limit=6))
