@@ -10,6 +10,10 @@ above). Rerunning the same command resumes from the latest checkpoint in the wor
 A user error (a bad value, a broken data or model file, a full disk, checkpoints of another run)
 prints two lines, ``error: ...`` and ``hint: ...``, and exits with status 2; ``--traceback`` or
 ``JAXLORA_TRACEBACK=1`` shows the full traceback instead. An interrupt exits with status 130.
+
+Several processes (hosts) run the same command; :mod:`jaxlora.training.distributed` says when this one
+joins them (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``, or a detected
+cluster), and docs/TRAINING.md ("Several hosts") gives the commands.
 """
 
 import logging
@@ -29,7 +33,7 @@ from ml_collections import config_flags
 
 import jaxlora.training
 from jaxlora import errors
-from jaxlora.training import interrupts
+from jaxlora.training import distributed, interrupts
 from jaxlora.training import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lora_sst2.py:offline.")
@@ -37,10 +41,6 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output folder (checkpoints, metrics, results, adapter); default runs/<config name>[_<options>].")
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of a user error (or JAXLORA_TRACEBACK=1).")
 flags.mark_flags_as_required(["config"])
-
-# Set by launchers of multi-process jobs (jax.distributed reads these itself).
-_MULTI_PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
-                      "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
 
 
 class _OneLineBackgroundErrors(logging.Filter):
@@ -109,19 +109,28 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it writes at INFO
     logging.getLogger("jaxlora.training").setLevel(logging.INFO)
     config_spec = config_flags.get_config_filename(flags.FLAGS["config"])
+    show_traceback = _TRACEBACK.value or os.environ.get("JAXLORA_TRACEBACK", "") not in ("", "0")
+    try:
+        # One process of several (JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID, or a detected
+        # cluster): join the others before anything touches a device. A single process starts nothing.
+        joined = distributed.initialize()
+    except errors.UserError as err:
+        if show_traceback:
+            raise
+        sys.stderr.write(errors.one_line(err) + "\n")
+        sys.exit(2)
+    main_process = not joined or distributed.is_main_process()
+    if not main_process:
+        logging.getLogger("jaxlora.training").setLevel(logging.WARNING)  # process 0 reports the run
     workdir = _WORKDIR.value
     if not workdir:
         workdir = workdir_lib.default_workdir(config_spec)
-        print(f"Writing to {workdir} (the default for this config; choose another with --workdir).", flush=True)
-    show_traceback = _TRACEBACK.value or os.environ.get("JAXLORA_TRACEBACK", "") not in ("", "0")
+        if main_process:
+            print(f"Writing to {workdir} (the default for this config; choose another with --workdir).", flush=True)
     if not show_traceback:
         absl_logging.get_absl_handler().addFilter(_OneLineBackgroundErrors())
         sys.excepthook = _quiet_closed_event_loop(sys.excepthook)
         sys.unraisablehook = _quiet_closed_event_loop_unraisable(sys.unraisablehook)
-    if any(os.environ.get(name) for name in _MULTI_PROCESS_ENV):
-        import jax
-
-        jax.distributed.initialize()
     interrupts.install()  # SIGINT and SIGTERM (preemption) set a flag; the loop stops between steps and saves
     for signum in _EARLY_SIGNALS[:1]:
         interrupts.record(signum)
@@ -137,6 +146,8 @@ def main(argv):
             raise
         sys.stderr.write(errors.one_line(user_error) + "\n")
         sys.exit(2)
+    if not main_process:
+        return
     rate = results["train_examples_per_s"]  # None when every step compiled (a very short run)
     print(f"{results['task']} {results['variant']}: test {results['metric_name']} {results['test_metric']:.4f} "
           f"(best step {results['best_step']}); {'-' if rate is None else f'{rate:.1f}'} train examples/s; "

@@ -110,12 +110,25 @@ def padded_length(longest: int, buckets: Sequence[int]) -> int:
 
 
 def make_batch(
-    data: TokenizedDataset, indices: Sequence[int] | np.ndarray, batch_size: int, buckets: Sequence[int]
+    data: TokenizedDataset, indices: Sequence[int] | np.ndarray, batch_size: int, buckets: Sequence[int],
+    rows: Sequence[int] | np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Pad the examples at ``indices`` into one batch of ``batch_size`` rows and a bucket length.
 
     Rows past ``len(indices)`` are dummies: ``example_mask`` 0, ``labels`` 0, ``idx`` -1, and one
     attended pad token (so attention never normalises over an all-masked row).
+
+    ``rows`` (positions in the batch) builds only those rows, as one process of a multi-process
+    run does with its own share (:func:`jaxlora.training.sharding.process_rows`): the length is
+    still the whole batch's bucket, so every process builds the same shape, and the batch also
+    carries ``global_examples``, the real examples of the whole batch.
+
+    >>> from jaxlora.data.tokenized import TokenizedDataset
+    >>> data = TokenizedDataset(np.arange(1, 10, dtype=np.int32), np.zeros(9, np.int8), np.array([0, 2, 5, 9]),
+    ...                         np.array([1, 0, 1], np.int32), np.arange(3), pad_id=0, max_length=32)
+    >>> share = make_batch(data, [0, 1, 2], batch_size=4, buckets=(4, 8), rows=[2, 3])
+    >>> share["input_ids"].tolist(), share["example_mask"].tolist(), int(share["global_examples"])
+    ([[6, 7, 8, 9], [0, 0, 0, 0]], [1.0, 0.0], 3)
 
     Keys: ``input_ids``, ``attention_mask``, ``token_type_ids`` (int32, ``(batch, length)``),
     ``labels`` (int32 or float32, ``(batch,)``), ``example_mask`` (float32, ``(batch,)``: weight each
@@ -134,28 +147,34 @@ def make_batch(
     real = len(indices)
     if real == 0 or real > batch_size:
         raise ValueError(f"A batch needs between 1 and batch_size={batch_size} examples, got {real}.")
-    lengths = np.ones(batch_size, np.int64)
-    lengths[:real] = data.lengths[indices]
-    length = padded_length(int(lengths.max()), buckets)
-    starts = np.zeros(batch_size, np.int64)
-    starts[:real] = data.offsets[indices]
+    # The whole batch's longest example picks the bucket (only lengths are read for that).
+    longest = int(data.lengths[indices].max())
+    length = padded_length(max(longest, 1) if real < batch_size else longest, buckets)  # a dummy row holds 1
+    built = np.arange(batch_size) if rows is None else np.asarray(rows, dtype=np.int64)
+    if built.size and (built.min() < 0 or built.max() >= batch_size):
+        raise ValueError(f"rows must be positions in a batch of {batch_size}, got {built.tolist()}.")
+    is_real = built < real
+    examples = indices[built[is_real]]
+    lengths = np.ones(len(built), np.int64)
+    lengths[is_real] = data.lengths[examples]
+    starts = np.zeros(len(built), np.int64)
+    starts[is_real] = data.offsets[examples]
 
     positions = np.arange(length)
     valid = positions[None, :] < lengths[:, None]
-    valid[real:] = False
+    valid[~is_real] = False
     source = np.minimum(starts[:, None] + positions[None, :], max(len(data.token_ids) - 1, 0))
     input_ids = np.where(valid, data.token_ids[source], data.pad_id).astype(np.int32)
     token_type_ids = np.where(valid, data.type_ids[source], 0).astype(np.int32)
     attention_mask = valid.astype(np.int32)
-    attention_mask[real:, 0] = 1  # dummy rows attend to one pad token
+    attention_mask[~is_real, 0] = 1  # dummy rows attend to one pad token
 
-    labels = np.zeros(batch_size, data.labels.dtype)
-    labels[:real] = data.labels[indices]
-    example_mask = np.zeros(batch_size, np.float32)
-    example_mask[:real] = 1.0
-    idx = np.full(batch_size, -1, np.int64)
-    idx[:real] = data.idx[indices]
-    return {
+    labels = np.zeros(len(built), data.labels.dtype)
+    labels[is_real] = data.labels[examples]
+    example_mask = is_real.astype(np.float32)
+    idx = np.full(len(built), -1, np.int64)
+    idx[is_real] = data.idx[examples]
+    batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "token_type_ids": token_type_ids,
@@ -163,6 +182,9 @@ def make_batch(
         "example_mask": example_mask,
         "idx": idx,
     }
+    if rows is not None:
+        batch["global_examples"] = np.int64(real)
+    return batch
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,6 +257,7 @@ def iterate(
     drop_remainder: bool = False,
     group_by_length: bool = False,
     num_epochs: int | None = None,
+    rows: Sequence[int] | np.ndarray | None = None,
 ) -> Iterator[tuple[dict[str, np.ndarray], LoaderState]]:
     """Training batches from ``state`` on, each with the state to resume *after* it.
 
@@ -242,7 +265,8 @@ def iterate(
     total are done), reshuffled each epoch from ``(state.seed, epoch)``. Save the yielded state with the
     checkpoint of the step that consumed the batch; ``iterate(data, saved_state, ...)`` then continues
     with exactly the batches an uninterrupted run would have produced. Buckets default to
-    :func:`bucket_lengths` of ``data.max_length``.
+    :func:`bucket_lengths` of ``data.max_length``. ``rows``: build only those rows of each batch
+    (see :func:`make_batch`); the order and the states are the same.
 
     >>> from jaxlora.data.tokenized import TokenizedDataset
     >>> data = TokenizedDataset(np.arange(6, dtype=np.int32), np.zeros(6, np.int8), np.arange(7),
@@ -272,7 +296,7 @@ def iterate(
                 "the state belongs to a different dataset or batch size."
             )
         for position in range(step, len(batches)):
-            batch = make_batch(data, batches[position], batch_size, buckets)
+            batch = make_batch(data, batches[position], batch_size, buckets, rows)
             if position + 1 == len(batches):
                 after = LoaderState(epoch + 1, 0, state.seed)
             else:

@@ -17,10 +17,12 @@ from the config by :func:`from_config`, for everything task-shaped:
 ``load(tokenizer)``                         :class:`TaskData`: train / validation / test
                                             datasets, each with ``num_examples``
 ``steps_per_epoch(data, batch_size)``       batches in one epoch of ``data``
-``train_batches(data, loader, batch_size)`` ``(batch, loader_after)`` pairs from a
-                                            :class:`jaxlora.data.LoaderState` on, forever;
+``train_batches(data, loader, batch_size,``  ``(batch, loader_after)`` pairs from a
+``rows=None)``                              :class:`jaxlora.data.LoaderState` on, forever;
                                             a pure function of the loader state, so a resumed
-                                            run sees the same batches
+                                            run sees the same batches; ``rows``: only those
+                                            rows of each batch (one process's share, see
+                                            :func:`jaxlora.data.make_batch`)
 ``eval_batches(data, batch_size)``          ``(batch, rows)`` pairs covering every example
                                             once; ``rows`` are the positions in ``data`` of the
                                             batch's real (leading) rows
@@ -81,7 +83,8 @@ class Task(Protocol):
 
     def steps_per_epoch(self, data: Any, batch_size: int) -> int: ...
 
-    def train_batches(self, data: Any, loader: Any, batch_size: int) -> Iterator[tuple[dict, Any]]: ...
+    def train_batches(self, data: Any, loader: Any, batch_size: int,
+                      rows: np.ndarray | None = None) -> Iterator[tuple[dict, Any]]: ...
 
     def eval_batches(self, data: Any, batch_size: int) -> Iterator[tuple[dict, np.ndarray]]: ...
 

@@ -273,8 +273,8 @@ class CausalLM:
     def steps_per_epoch(self, data: jdata.TokenizedDataset, batch_size: int) -> int:
         return jdata.steps_per_epoch(data.num_examples, batch_size)
 
-    def train_batches(self, data, loader, batch_size: int):
-        return jdata.iterate(data, loader, batch_size, buckets=self.buckets)
+    def train_batches(self, data, loader, batch_size: int, rows=None):
+        return jdata.iterate(data, loader, batch_size, buckets=self.buckets, rows=rows)
 
     def eval_batches(self, data: jdata.TokenizedDataset, batch_size: int) -> Iterator[tuple[dict, np.ndarray]]:
         return jdata.iterate_eval_rows(data, batch_size, buckets=self.buckets)

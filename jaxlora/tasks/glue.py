@@ -142,9 +142,10 @@ class Glue:
     def steps_per_epoch(self, data: jdata.TokenizedDataset, batch_size: int) -> int:
         return jdata.steps_per_epoch(data.num_examples, batch_size)
 
-    def train_batches(self, data: jdata.TokenizedDataset, loader: jdata.LoaderState,
-                      batch_size: int) -> Iterator[tuple[dict, jdata.LoaderState]]:
-        return jdata.iterate(data, loader, batch_size, buckets=self.buckets, group_by_length=self.group_by_length)
+    def train_batches(self, data: jdata.TokenizedDataset, loader: jdata.LoaderState, batch_size: int,
+                      rows: np.ndarray | None = None) -> Iterator[tuple[dict, jdata.LoaderState]]:
+        return jdata.iterate(data, loader, batch_size, buckets=self.buckets, group_by_length=self.group_by_length,
+                             rows=rows)
 
     def eval_batches(self, data: jdata.TokenizedDataset, batch_size: int) -> Iterator[tuple[dict, np.ndarray]]:
         return jdata.iterate_eval_rows(data, batch_size, buckets=self.buckets)

@@ -389,8 +389,12 @@ class Checkpointer:
             while os.path.exists(f"{target}.{suffix}"):
                 suffix += 1
             target = f"{target}.{suffix}"
-        if os.path.exists(source):
+        if os.path.exists(source) and jax.process_index() == 0:  # one process moves, the others wait
             shutil.move(source, target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"checkpoint step {step} set aside")
         self._verified.discard(step)
         self._manager.reload()
 

@@ -42,7 +42,7 @@ from jaxlora import errors, tasks
 from jaxlora.adapters.core import Adapter
 from jaxlora.training import checkpoint as ckpt_lib
 from jaxlora.training import config as config_lib
-from jaxlora.training import interrupts
+from jaxlora.training import distributed, interrupts
 from jaxlora.training import optim, reporting
 from jaxlora.training import sharding as sh
 from jaxlora.training import workdir as workdir_lib
@@ -117,9 +117,11 @@ def _run_identity(run: Run) -> dict:
 
 
 def _set_aside_outputs(workdir: str, exclude: tuple[str, ...] = ()) -> None:
-    moved = workdir_lib.move_outputs_to_previous(workdir, exclude=exclude)
-    if moved is not None:
-        print(f"Starting over: moved the previous run's outputs to {moved}.", flush=True)
+    if distributed.is_main_process():  # one process moves; the others wait until it is done
+        moved = workdir_lib.move_outputs_to_previous(workdir, exclude=exclude)
+        if moved is not None:
+            print(f"Starting over: moved the previous run's outputs to {moved}.", flush=True)
+    distributed.wait_for_all("outputs set aside")
 
 
 def _refuse_or_set_aside_previous_run(config, workdir: str) -> None:
@@ -309,17 +311,24 @@ class _Loop:
     def steps(self, state: TrainState, loader, step: int, hooks: Sequence[Callable[[int], None]]):
         """Train from ``step`` to the end; return ``(state, loader, step)`` after the last one."""
         run, cfg = self.run, self.run.config
-        batches = run.task.train_batches(run.train_data, loader, int(cfg.batch_size))
+        # Several processes: each builds only the rows its devices hold (None: this process holds all).
+        rows = sh.process_rows(run.shardings.batch, int(cfg.batch_size))
+        batches = run.task.train_batches(run.train_data, loader, int(cfg.batch_size),
+                                         **({} if rows is None else {"rows": rows}))
+        if rows is not None:
+            log.info("Process %d of %d builds rows %s of each training batch of %d.", jax.process_index(),
+                     jax.process_count(), rows.tolist(), int(cfg.batch_size))
         self._at = (state, loader, step)
         while step < run.total_steps and not self.stopped_early():
             interrupts.raise_if_requested()  # a signal only set a flag: stop here, between steps
             self.clock.begin_step()
             batch, next_loader = next(batches)
-            device_batch = sh.put_batch(batch, run.shardings.batch, run.task.device_keys)
+            device_batch = sh.put_batch(batch, run.shardings.batch, run.task.device_keys,
+                                        global_rows=int(cfg.batch_size))
             state, metrics = self.train_step(state, run.frozen, device_batch)
             step, loader = step + 1, next_loader
             self._at = (state, loader, step)
-            examples = int(batch["example_mask"].sum())
+            examples = int(batch["global_examples"] if rows is not None else batch["example_mask"].sum())
             self.drain()  # the previous step's loss: ready by now or soon, while this step runs
             self.pending.append((step, metrics, examples))
             for hook in hooks:
@@ -333,7 +342,7 @@ class _Loop:
             elif cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0:
                 self.drain()
                 self.save(step, state, loader)
-            self.clock.end_step(batch["input_ids"].shape, examples)
+            self.clock.end_step((int(cfg.batch_size),) + batch["input_ids"].shape[1:], examples)
         self.drain()
         return state, loader, step
 

@@ -64,6 +64,7 @@ __all__ = [
     "frozen_shardings",
     "adapter_shardings",
     "like_params",
+    "process_rows",
     "put_batch",
     "put_tree",
 ]
@@ -387,17 +388,37 @@ def put_tree(tree: Any, shardings: Any) -> Any:
     )
 
 
-def put_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding, keys: Sequence[str] | None = None) -> dict:
+def process_rows(sharding: NamedSharding, batch_size: int) -> np.ndarray | None:
+    """The rows of a ``batch_size``-row batch that this process's devices hold, ascending; None: all of them.
+
+    In a multi-process run each process builds only these rows of every training batch
+    (``task.train_batches(..., rows=...)``) and :func:`put_batch` assembles the global batch from
+    every process's share. A single process, or a mesh whose batch axes lie within this
+    process's devices, holds every row: None.
+
+    >>> process_rows(batch_sharding(make_mesh()), 8) is None
+    True
+    """
+    indices = sharding.addressable_devices_indices_map((int(batch_size),))
+    rows = sorted({row for index in indices.values() for row in range(*index[0].indices(int(batch_size)))})
+    return None if len(rows) == int(batch_size) else np.asarray(rows, dtype=np.int64)
+
+
+def put_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding, keys: Sequence[str] | None = None,
+              global_rows: int | None = None) -> dict:
     """The arrays of a host batch (those named in ``keys``, default all), rows split by ``sharding``.
 
-    Every process passes the global batch. Any set of keys works: a task's batch schema is its own.
+    ``batch`` is the whole batch, or, given ``global_rows`` (the whole batch's size), this
+    process's share of it: the rows :func:`process_rows` names, in that order. Any set of keys
+    works: a task's batch schema is its own.
 
     The module docstring shows a call; a batch size the batch shards do not divide is refused.
     """
     keys = tuple(batch) if keys is None else tuple(keys)
     if not keys:
         raise ValueError("put_batch got no arrays to place.")
-    rows = len(batch[keys[0]])
+    local_rows = len(batch[keys[0]])
+    rows = local_rows if global_rows is None else int(global_rows)
     shards = _axis_size(sharding.mesh, BATCH_AXES)
     if rows % shards:
         raise ValueError(
@@ -405,4 +426,8 @@ def put_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding, keys: Se
             "choose a batch size that is a multiple of it."
         )
     host = {key: batch[key] for key in keys}
-    return put_tree(host, {key: sharding for key in host})
+    if local_rows == rows:
+        return put_tree(host, {key: sharding for key in host})
+    # This process's share: each process passes its own rows, jax assembles the global arrays.
+    return {key: jax.make_array_from_process_local_data(sharding, np.asarray(x), (rows,) + np.shape(x)[1:])
+            for key, x in host.items()}
