@@ -55,7 +55,7 @@ class Run(NamedTuple):
     method: TrainingMethod
     module: Any
     frozen: Any  # on device (empty for full fine-tuning)
-    frozen_host: Any  # the frozen params as loaded (for exports)
+    frozen_host: Any  # the frozen params as loaded, quantized with config.frozen_quant (for exports)
     adapter_config: AdapterConfig | None  # method.adapter_config: None for full fine-tuning
     train_data: Any
     validation_data: Any

@@ -200,6 +200,28 @@ print("OK", node.codes.sharding.spec)
 """
 
 
+def test_nnx_layers_read_quantized_kernels_with_and_without_an_adapter():
+    from flax import nnx
+
+    class Proj(nnx.Module):
+        def __init__(self, rngs):
+            self.proj = nnx.Linear(16, 32, rngs=rngs)
+
+        def __call__(self, x):
+            return self.proj(x)
+
+    graphdef, frozen = jaxlora.nnx.split(Proj(nnx.Rngs(0)))
+    q, x = quantize(frozen, "nf4", block_size=16), jnp.ones((2, 16))
+    np.testing.assert_allclose(jaxlora.nnx.merge(graphdef, q)(x), jaxlora.nnx.merge(graphdef, dequantize(q))(x),
+                               rtol=1e-6)
+    cfg = jaxlora.AdapterConfig("lora", rank=2, targets="all-linear", exclude=())
+    adapter = perturbed(jaxlora.init(jax.random.key(1), q, cfg))
+    with jaxlora.intercept():
+        on_q = jaxlora.nnx.merge(graphdef, jaxlora.apply(q, adapter, cfg))(x)
+        on_deq = jaxlora.nnx.merge(graphdef, jaxlora.apply(dequantize(q), adapter, cfg))(x)
+    np.testing.assert_array_equal(on_q, on_deq)
+
+
 def test_quantized_kernels_split_over_a_mesh_like_the_kernel():
     repo = pathlib.Path(__file__).resolve().parents[2]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
