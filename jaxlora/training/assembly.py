@@ -89,7 +89,7 @@ def model_options(config) -> dict:
 
 def _load_model(config, task: tasks.Task):
     overrides = {}
-    if config.model_dropout >= 0:
+    if config.model_dropout is not None:  # None keeps the checkpoint's dropout
         overrides = {"hidden_dropout_prob": float(config.model_dropout),
                      "attention_probs_dropout_prob": float(config.model_dropout)}
     with warnings.catch_warnings():

@@ -12,6 +12,20 @@ A few fields resolve from the task when left at their "auto" value:
   number must be positive: there is no magic negative value;
 * ``num_epochs = 0``: the task's default (for GLUE, the protocol's epoch cap ``GlueTask.max_epochs``).
 
+Fields that inherit another value are ``None`` when unset, never a magic number (``None`` on the
+command line is unset too; a set value is checked like any other):
+
+* ``optimizer.lowrank_learning_rate`` / ``optimizer.full_learning_rate``: the adapter's and the
+  fully trained parameters' (task head's) own rates; ``None`` uses the base learning rate;
+* ``model_dropout``: the model's hidden and attention dropout; ``None`` keeps the checkpoint's.
+
+>>> config = default_config()
+>>> config.optimizer.full_learning_rate, config.model_dropout
+(None, None)
+>>> config.optimizer.full_learning_rate = 1e-3   # a typed field: a number, or None again
+>>> config.optimizer.full_learning_rate
+0.001
+
 >>> config = default_config()
 >>> config.task = "mrpc"
 >>> config.lora.variant = "condlora"
@@ -71,7 +85,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = "FacebookAI/roberta-base"  # preset ("minilm-l6"), local HF folder, or Hub id
     c.tokenizer = ""  # "" = the model's own tokenizer
     c.dtype = "float32"  # computation and frozen-parameter dtype: float32 or bfloat16
-    c.model_dropout = -1.0  # hidden/attention dropout of the model; < 0 keeps the checkpoint's
+    c.model_dropout = ml_collections.config_dict.placeholder(float)  # hidden/attention dropout; None: the checkpoint's
     c.remat = False  # recompute each transformer layer in the backward pass (gradient checkpointing)
     # Frozen linear kernels stored quantized (QLoRA), dequantized inside each step: "int8" or "nf4"; None keeps them.
     c.frozen_quant = ml_collections.config_dict.placeholder(str)
@@ -113,8 +127,10 @@ def default_config() -> ml_collections.ConfigDict:
     # A positive number, or TASK_LEARNING_RATE ("task"): task_learning_rates[task].
     c.optimizer.learning_rate = ml_collections.FieldReference(1e-4, field_type=object)
     c.optimizer.task_learning_rates = ml_collections.ConfigDict()  # {task: lr}, used when learning_rate = "task"
-    c.optimizer.lowrank_learning_rate = -1.0  # group "lowrank" (adapter); -1: learning_rate
-    c.optimizer.full_learning_rate = -1.0  # group "full" (head / full fine-tuning); -1: learning_rate
+    # A group's own rate (a float field that may be None): group "lowrank" is the adapter, group "full" the
+    # head or every parameter under full fine-tuning; None: learning_rate.
+    c.optimizer.lowrank_learning_rate = ml_collections.config_dict.placeholder(float)
+    c.optimizer.full_learning_rate = ml_collections.config_dict.placeholder(float)
     c.optimizer.weight_decay = 0.0  # decoupled, on matrices only (not biases or norms)
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.999
@@ -267,9 +283,8 @@ def _value_problems(config: ml_collections.ConfigDict) -> list[str]:
         problems.append(f"config.optimizer.learning_rate={lr} must be positive (or {TASK_LEARNING_RATE!r} for the "
                         "task's rate); there is no magic negative value.")
     for name in ("lowrank_learning_rate", "full_learning_rate"):
-        value = config.optimizer[name]
-        if value == 0 or value < -1:
-            problems.append(f"config.optimizer.{name}={value} must be positive (or -1: the base learning rate).")
+        problems += _inherit_problems(f"optimizer.{name}", config.optimizer[name], "a positive number",
+                                      lambda value: value > 0, "the base learning rate")
     if config.lora.variant != FULL_VARIANT:
         if not config.lora.alpha > 0:
             problems.append(f"config.lora.alpha={config.lora.alpha} must be positive: the update is scaled by "
@@ -279,8 +294,8 @@ def _value_problems(config: ml_collections.ConfigDict) -> list[str]:
         if config.lora.rank < 1:
             problems.append(f"config.lora.rank={config.lora.rank} must be at least 1.")
     problems += _quant_problems(config)
-    if config.model_dropout >= 1.0:
-        problems.append(f"config.model_dropout={config.model_dropout} must be below 1 (or < 0: the checkpoint's).")
+    problems += _inherit_problems("model_dropout", config.model_dropout, "a number in [0, 1)",
+                                  lambda value: 0.0 <= value < 1.0, "the checkpoint's dropout")
     if config.divergence.factor < 0 or config.divergence.steps < 0:
         problems.append("config.divergence.factor and config.divergence.steps must be >= 0 (steps 0: never stop).")
     try:
@@ -307,6 +322,15 @@ def _quant_problems(config: ml_collections.ConfigDict) -> list[str]:
                 "every weight: choose a low-rank variant, or leave frozen_quant unset."]
     if block < 1:
         return [f"config.frozen_quant_block_size={block} must be at least 1 (QLoRA uses 64)."]
+    return []
+
+
+def _inherit_problems(field: str, value, wanted: str, ok, inherited: str) -> list[str]:
+    """A field that is None (inherit ``inherited``) or a number satisfying ``ok``."""
+    if value is None:
+        return []
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        return [f"config.{field}={value!r} must be {wanted}, or None for {inherited}."]
     return []
 
 

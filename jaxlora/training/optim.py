@@ -29,11 +29,15 @@ GROUPS = ("lowrank", "full")
 
 
 class OptimizerSpec(NamedTuple):
-    """Numbers of the optimiser; ``lowrank_learning_rate``/``full_learning_rate`` <= 0 mean ``learning_rate``."""
+    """Numbers of the optimiser; a group's rate (``lowrank_learning_rate``/``full_learning_rate``) of None is ``learning_rate``.
+
+    >>> OptimizerSpec(1e-3, full_learning_rate=1e-2).group_rate("lowrank")
+    0.001
+    """
 
     learning_rate: float
-    lowrank_learning_rate: float = -1.0
-    full_learning_rate: float = -1.0
+    lowrank_learning_rate: float | None = None
+    full_learning_rate: float | None = None
     weight_decay: float = 0.0
     b1: float = 0.9
     b2: float = 0.999
@@ -43,7 +47,7 @@ class OptimizerSpec(NamedTuple):
 
     def group_rate(self, group: str) -> float:
         rate = self.lowrank_learning_rate if group == "lowrank" else self.full_learning_rate
-        return float(rate) if rate > 0 else float(self.learning_rate)
+        return float(self.learning_rate if rate is None else rate)
 
 
 def optimizer_spec(config, base_learning_rate: float) -> OptimizerSpec:
@@ -56,8 +60,8 @@ def optimizer_spec(config, base_learning_rate: float) -> OptimizerSpec:
     opt = config.optimizer
     return OptimizerSpec(
         learning_rate=float(base_learning_rate),
-        lowrank_learning_rate=float(opt.lowrank_learning_rate),
-        full_learning_rate=float(opt.full_learning_rate),
+        lowrank_learning_rate=_optional_float(opt.lowrank_learning_rate),
+        full_learning_rate=_optional_float(opt.full_learning_rate),
         weight_decay=float(opt.weight_decay),
         b1=float(opt.b1),
         b2=float(opt.b2),
@@ -65,6 +69,10 @@ def optimizer_spec(config, base_learning_rate: float) -> OptimizerSpec:
         warmup_ratio=float(opt.warmup_ratio),
         clip_norm=float(opt.clip_norm),
     )
+
+
+def _optional_float(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def linear_schedule(peak: float, total_steps: int, warmup_steps: int) -> optax.Schedule:

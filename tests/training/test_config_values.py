@@ -19,6 +19,12 @@ BAD_VALUES = [
     ("lora.dropout", -0.1, r"config.lora.dropout=-0.1 must be in \[0, 1\)"),
     ("optimizer.warmup_ratio", 1.0, r"config.optimizer.warmup_ratio must be in \[0, 1\), got 1.0"),
     ("optimizer.warmup_ratio", -0.5, r"config.optimizer.warmup_ratio must be in \[0, 1\), got -0.5"),
+    # Inheriting fields are None when unset; the old -1 sentinel is refused, with the way to say "inherit".
+    ("optimizer.lowrank_learning_rate", -1.0,
+     r"config.optimizer.lowrank_learning_rate=-1.0 must be a positive number, or None for the base learning rate"),
+    ("optimizer.full_learning_rate", 0.0, r"config.optimizer.full_learning_rate=0.0 must be a positive number"),
+    ("model_dropout", -1.0, r"config.model_dropout=-1.0 must be a number in \[0, 1\), or None for the checkpoint's"),
+    ("model_dropout", 1.0, r"config.model_dropout=1.0 must be a number in \[0, 1\)"),
     ("mesh.data", jax.device_count() + 1, r"config.mesh: The mesh data=\d+ x fsdp=1 x tensor=1 needs \d+ devices"),
     ("mesh.fsdp", jax.device_count() + 1, r"config.mesh: .*do not divide the \d+ available devices"),
 ]
@@ -70,3 +76,29 @@ def test_a_diverging_loss_stops_naming_the_step_and_the_learning_rate(tiny_facto
                      r"in a row: training stopped\.", err.value.message), err.value.message
     assert "--config.divergence.steps=0" in err.value.hint
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_inheriting_fields_are_none_by_default_and_take_numbers_from_the_command_line():
+    from absl import flags
+    from ml_collections import config_flags
+
+    from jaxlora.training import optim
+    from tests.training.conftest import REPO
+
+    config = load_config("lora", "offline")
+    assert (config.optimizer.lowrank_learning_rate, config.optimizer.full_learning_rate, config.model_dropout) == (
+        None, None, None)
+    spec = optim.optimizer_spec(config, 2e-4)  # None: each group trains at the base rate
+    assert (spec.group_rate("lowrank"), spec.group_rate("full")) == (2e-4, 2e-4)
+
+    argv = ["train.py", f"--config={REPO / 'configs' / 'lora_sst2.py'}:offline",
+            "--config.optimizer.full_learning_rate=1e-3", "--config.model_dropout=0"]
+    values = flags.FlagValues()  # train.py's flag, on a flag set of its own
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, sys_argv=argv)
+    values(argv)
+    parsed = values.config
+    training.validate(parsed)
+    assert parsed.optimizer.full_learning_rate == 1e-3 and parsed.model_dropout == 0.0  # typed: "0" is 0.0
+    assert parsed.optimizer.lowrank_learning_rate is None
+    spec = optim.optimizer_spec(parsed, 2e-4)
+    assert (spec.group_rate("lowrank"), spec.group_rate("full")) == (2e-4, 1e-3)
