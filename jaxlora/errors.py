@@ -142,15 +142,19 @@ class WorkdirError(UserError, OSError):
 
 
 class DiskFullError(UserError, OSError):
-    """The disk filled up while writing; the message says how much was being written and where.
+    """The disk (or a file-size limit) filled up while writing; the message says how much was being written and where.
+
+    ``errno`` is ``ENOSPC`` (or ``EDQUOT``, a quota; ``EFBIG``, a file larger than the file system or
+    ``ulimit -f`` allows).
 
     >>> DiskFullError("No space left writing 3.0 MB to runs/x/checkpoints.").errno == errno.ENOSPC
     True
     """
 
-    def __init__(self, message: str, hint: str = "", *, path: str | os.PathLike | None = None):
+    def __init__(self, message: str, hint: str = "", *, path: str | os.PathLike | None = None,
+                 code: int = errno.ENOSPC):
         super().__init__(message, hint, path=path)
-        self.errno = errno.ENOSPC
+        self.errno = code
 
 
 class TrainingStoppedError(UserError, FloatingPointError):
@@ -233,16 +237,26 @@ def from_os_error(err: OSError, what: str, path: str | os.PathLike, num_bytes: i
     ('DiskFullError', True)
     >>> from_os_error(OSError(errno.EIO, "I/O error"), "metrics", "runs/x") is None
     True
+    >>> from_os_error(OSError(errno.EFBIG, "File too large"), "metrics", "runs/x", 120).message.startswith(
+    ...     "File too large writing metrics (120 B) to runs/x: a file grew past")
+    True
     """
     path = os.fspath(path)
+    amount = f" ({size_text(num_bytes)})" if num_bytes is not None else ""
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         free = _free_bytes(path)
-        amount = f" ({size_text(num_bytes)})" if num_bytes is not None else ""
         left = f"; {size_text(free)} free there now" if free is not None else ""
         return DiskFullError(
             f"No space left on device writing {what}{amount} to {path}{left}.",
             "Free some space (old runs, caches) or choose another --workdir, then rerun: it resumes.",
-            path=path,
+            path=path, code=err.errno,
+        )
+    if err.errno == errno.EFBIG:
+        return DiskFullError(
+            f"File too large writing {what}{amount} to {path}: a file grew past the largest size this file "
+            "system or the process's file-size limit (ulimit -f) allows.",
+            "Raise the limit (ulimit -f unlimited) or choose a --workdir on another file system, then rerun: it resumes.",
+            path=path, code=err.errno,
         )
     if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return WorkdirError(

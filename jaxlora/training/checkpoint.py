@@ -43,6 +43,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -139,11 +140,15 @@ def _nbytes(tree: Any) -> int:
 
 
 def _os_error_in(err: BaseException) -> OSError | None:
-    # orbax/tensorstore wrap the write error of a background thread: look down the chain.
+    # orbax/tensorstore wrap the write error of a background thread: look down the chain. Tensorstore
+    # reports the errno in its message ("... File too large [os_error_code='27']"), not as an OSError.
     seen = 0
     while err is not None and seen < 10:
         if isinstance(err, OSError) and err.errno is not None:
             return err
+        code = re.search(r"os_error_code='?(\d+)", str(err))
+        if code:
+            return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
         if "No space left on device" in str(err) or "ENOSPC" in str(err):
             return OSError(errno.ENOSPC, "No space left on device")
         err, seen = err.__cause__ or err.__context__, seen + 1
@@ -232,6 +237,10 @@ class Checkpointer:
             meta[DIGEST_KEY] = {"algorithm": _ALGORITHM, "leaves": state_digest(state)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         metrics = None if metric is None else {_METRIC: float(metric)}
+        try:  # the previous step's background write ends here: a failure of it is named as that step's
+            self._manager.wait_until_finished()
+        except Exception as err:
+            raise self._write_error(err) from None
         self._pending_bytes = (_nbytes(state), step)
         try:
             saved = bool(self._manager.save(step, args=args, metrics=metrics, force=True))

@@ -24,8 +24,10 @@ def tiny_flags(model, glue, cache, **overrides):
     return [f"--config.{k}={v}" for k, v in flags.items()]
 
 
-def run_train(args, cwd, timeout=300, **env):
-    return subprocess.run([sys.executable, TRAIN, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+def run_train(args, cwd, timeout=300, restrict=(), **env):
+    """train.py with ``args``; ``restrict``: ``("fsize", bytes)`` or ``("no-override", "")`` (see _RESTRICTED)."""
+    launcher = [sys.executable, "-c", _RESTRICTED, *map(str, restrict)] if restrict else [sys.executable]
+    return subprocess.run([*launcher, TRAIN, *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "JAX_PLATFORMS": "cpu", **env})
 
 
@@ -53,6 +55,10 @@ def tiny(tiny_model, tiny_glue, tmp_path):
 
 @contextlib.contextmanager
 def mounted_tmpfs(path, options):
+    """A tmpfs mounted at ``path``: a really full or read-only file system (root with mount rights only).
+
+    Where mounting is refused (no root, or a container without the right), the test skips with this
+    reason; its twin without privileges (a permission or a file-size limit, below) still runs."""
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
                                            capture_output=True).returncode != 0:
@@ -61,6 +67,24 @@ def mounted_tmpfs(path, options):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+# A launcher that restricts itself, then execs train.py (a fork of the JAX-threaded test process must not
+# run Python code): "fsize N" caps every file at N bytes (ulimit -f: a write beyond fails with EFBIG, as on
+# a file system with a small maximum file size; Python ignores SIGXFSZ); "no-override" drops
+# CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set, so root, too, obeys permissions.
+_RESTRICTED = """
+import ctypes, os, resource, sys
+kind, value, *argv = sys.argv[1:]
+if kind == "fsize":
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(value), int(value)))
+elif kind == "no-override" and os.geteuid() == 0:
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+os.execv(sys.executable, [sys.executable, *argv])
+"""
 
 
 def _copy_model(tiny_model, tmp_path):
@@ -133,11 +157,33 @@ def test_a_read_only_workdir_is_refused_before_the_model_loads(tiny, tmp_path):
     assert_one_line_error(proc, str(folder / "run"), "Read-only file system")
 
 
+def test_a_workdir_without_write_permission_is_refused_before_the_model_loads(tiny, tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        proc = run_train([*tiny(model=tmp_path / "no-such-model"), "--workdir", folder / "run"], tmp_path,
+                         restrict=("no-override", ""))
+    finally:
+        folder.chmod(0o755)
+    assert_one_line_error(proc, str(folder / "run"), "Permission denied")
+
+
 def test_disk_full_says_how_much_was_being_written_and_where(tiny, tmp_path):
     with mounted_tmpfs(tmp_path / "small", "size=24k") as folder:
         proc = run_train([*tiny(), "--workdir", folder / "run"], tmp_path)
     line = assert_one_line_error(proc, "No space left on device writing checkpoint step 2 (", f"to {folder / 'run'}")
     assert " kB)" in line and "free there now" in line
+
+
+def test_a_file_size_limit_says_how_much_was_being_written_and_where(tiny, tmp_path):
+    # 8 kB: above the tokenization caches of the tiny data (about 6 kB), below a checkpoint's files. The
+    # compilation cache is off in this run: its entries are larger, and a cut-off one must not be shared.
+    proc = run_train([*tiny(), "--workdir", tmp_path / "run"], tmp_path, restrict=("fsize", 8000),
+                     JAX_ENABLE_COMPILATION_CACHE="false")
+    line = assert_one_line_error(proc, "File too large writing checkpoint step 2 (", f"to {tmp_path / 'run'}",
+                                 "(ulimit -f)")
+    assert " kB)" in line
 
 
 def test_a_training_row_labelled_minus_one_is_refused_not_trained_as_a_class(tiny, tiny_glue, tmp_path):
