@@ -50,7 +50,8 @@ def _count(environ: Mapping[str, str], name: str) -> int:
 
 
 def _cluster_detected(environ: Mapping[str, str]) -> bool:
-    hosts = [h for h in environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+    # Hostnames only: libtpu, started off a TPU VM, can leave a warning sentence in this variable.
+    hosts = [h for h in environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip() and " " not in h.strip()]
     return (max(_count(environ, "SLURM_NTASKS"), _count(environ, "SLURM_NPROCS")) > 1
             or _count(environ, "OMPI_COMM_WORLD_SIZE") > 1
             or len(hosts) > 1

@@ -42,8 +42,11 @@ def _free_port() -> int:
 
 
 def _start(args, workdir, log, devices, **env):
+    # A compilation cache shared by the launches: the resumed launch reuses the first one's programs.
     environ = {**os.environ, "JAX_PLATFORMS": "cpu", "TOKENIZERS_PARALLELISM": "false",
-               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **env}
+               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+               "JAX_COMPILATION_CACHE_DIR": str(workdir.parent / "compile_cache"),
+               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **env}
     for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         if name not in env:
             environ.pop(name, None)
@@ -143,6 +146,9 @@ def test_which_environments_start_several_processes():
     assert distributed.initialize_options({}) is None
     assert distributed.initialize_options({"OMPI_COMM_WORLD_SIZE": "1", "TPU_WORKER_HOSTNAMES": "localhost"}) is None
     assert distributed.initialize_options({"TPU_WORKER_HOSTNAMES": "t1k-0,t1k-1"}) == {}
+    assert distributed.initialize_options(
+        {"TPU_WORKER_HOSTNAMES": "WARNING: could not determine TPU worker hostnames or IP addresses, please set"}
+    ) is None
     assert distributed.initialize_options(
         {"JAX_COORDINATOR_ADDRESS": "10.0.0.2:8476", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
     ) == {"num_processes": 4, "process_id": 3}
