@@ -42,11 +42,10 @@ def _free_port() -> int:
 
 
 def _start(args, workdir, log, devices, **env):
-    # A compilation cache shared by the launches: the resumed launch reuses the first one's programs.
+    # os.environ carries the suite's compilation cache (tests/conftest.py): the resumed launch reuses the
+    # first one's programs.
     environ = {**os.environ, "JAX_PLATFORMS": "cpu", "TOKENIZERS_PARALLELISM": "false",
-               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-               "JAX_COMPILATION_CACHE_DIR": str(workdir.parent / "compile_cache"),
-               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **env}
+               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **env}
     for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         if name not in env:
             environ.pop(name, None)
