@@ -48,7 +48,7 @@ MAX_STEPS = 20000  # caps the run (-1: the full protocol); the schedule decays o
 EVAL_EVERY = 2000  # steps between validations (0: once per epoch, as the paper)
 MAX_EVAL_EXAMPLES = -1  # validation examples per evaluation (-1: all 6,735)
 DTYPE = "bfloat16"  # frozen weights and computation; the adapter and optimiser state stay float32
-REMAT = False  # recompute each layer in the backward pass: less memory, ~30% more compute
+REMAT = "none"  # "full": recompute each layer in the backward pass (less memory, ~30% more compute); "dots_saveable" keeps the matmul outputs
 WORKDIR = "runs/01_condlora_sst2"  # checkpoints, metrics and exports; a rerun resumes from here
 
 # %%
@@ -140,7 +140,7 @@ def known_errors():
     except Exception as err:  # XLA's runtime error type moved between jax versions: match the status
         if "RESOURCE_EXHAUSTED" not in str(err):
             raise
-        raise SystemExit("Out of device memory (HBM): lower BATCH_SIZE or MAX_LENGTH, or set REMAT = True, in the "
+        raise SystemExit("Out of device memory (HBM): lower BATCH_SIZE or MAX_LENGTH, or set REMAT = 'full', in the "
                          "parameters cell, then rerun from there.") from None
 
 

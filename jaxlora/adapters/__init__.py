@@ -10,6 +10,8 @@ Layout:
 * ``targets.py``: which matrices a config adapts;
 * ``core.py``: ``init``/``apply``/``merge``/``unmerge``/``to_lora_factors``,
   parameter counts, written once for every variant;
+* ``stacks.py``: the same on a model whose layers are scanned (params stacked along a
+  layer axis, ``AdapterConfig.layer_stacks``), with the adapter still per layer;
 * one file per variant, owning its math, init and options: ``lora.py``,
   ``asymmetric.py`` (B-only, A-only), ``condlora.py``, ``mtlora.py``.
 
@@ -40,9 +42,10 @@ from jaxlora.adapters.core import (
     to_lora_factors,
     unmerge,
 )
+from jaxlora.adapters.stacks import stack_layers, unstack_layers
 from jaxlora.adapters.targets import find_targets, find_trainable_leaves
 
-_MACHINERY = {"base", "config", "core", "targets"}
+_MACHINERY = {"base", "config", "core", "stacks", "targets"}
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _MACHINERY:
         importlib.import_module(f"{__name__}.{_module.name}")
@@ -50,5 +53,6 @@ for _module in pkgutil.iter_modules(__path__):
 __all__ = [
     "ALL_LINEAR", "MODES", "AdaptedKernel", "Adapter", "AdapterConfig", "LoraFactors", "ParamCount",
     "Target", "Variant", "apply", "count_params", "find_targets", "find_trainable_leaves", "get_variant",
-    "init", "merge", "param_table", "register", "registered_variants", "to_lora_factors", "unmerge",
+    "init", "merge", "param_table", "register", "registered_variants", "stack_layers", "to_lora_factors",
+    "unmerge", "unstack_layers",
 ]

@@ -68,6 +68,12 @@ class AdapterConfig:
         multi-axis kernel (with a bias, its shape says which axes are outputs);
         ``jaxlora.nnx.kernel_axes(model)`` and ``jaxlora.kernel_axes(fn, ...)``
         read them from the model.
+      layer_stacks: module paths whose parameters stack the model's layers along
+        a leading axis (a scanned layer stack): ``"model/layers"`` holds what the
+        unrolled model calls ``model/layers_0`` to ``model/layers_{L-1}``. Targets,
+        patterns and the adapter tree stay per layer (:mod:`jaxlora.adapters.stacks`);
+        ``jaxlora.models.layer_stacks(module)`` gives a jaxlora model's. Not
+        written by :meth:`to_dict`: saved adapters are the same for both layouts.
       options: the variant's own options: an instance of its ``Options``
         dataclass, or a mapping of its fields (``{"structure": "ctcm"}`` for
         MTLoRA), or ``None`` for its defaults. Unknown names are an error that
@@ -91,6 +97,7 @@ class AdapterConfig:
     dropout: float = 0.0
     rslora: bool = False
     kernel_axes: tuple[tuple[str, int | str], ...] = ()
+    layer_stacks: tuple[str, ...] = ()
     options: Any = None
 
     def __post_init__(self):
@@ -99,6 +106,7 @@ class AdapterConfig:
         set_("targets", ALL_LINEAR if targets == ALL_LINEAR or targets == (ALL_LINEAR,) else _as_names(targets))
         set_("exclude", _as_names(self.exclude))
         set_("trainable", _as_names(self.trainable))
+        set_("layer_stacks", _as_names(self.layer_stacks))
         set_("rank_pattern", _as_pairs(self.rank_pattern, int))
         set_("alpha_pattern", _as_pairs(self.alpha_pattern, float))
         set_("kernel_axes", _as_pairs(self.kernel_axes, lambda spec: spec))
@@ -145,11 +153,14 @@ class AdapterConfig:
         """
         d = dataclasses.asdict(self)
         d["targets"] = self.targets if isinstance(self.targets, str) else list(self.targets)
-        for k in ("exclude", "trainable"):
+        for k in ("exclude", "trainable", "layer_stacks"):
             d[k] = list(d[k])
         d["rank_pattern"] = dict(self.rank_pattern)
         d["alpha_pattern"] = dict(self.alpha_pattern)
         d["kernel_axes"] = dict(self.kernel_axes)
+        # How a model runs, not what the adapter is: a saved adapter fits the unrolled and the
+        # scanned model alike, and its file is the same for both.
+        del d["layer_stacks"]
         return d
 
     @classmethod

@@ -51,6 +51,7 @@ import numpy as np
 
 from jaxlora.adapters.base import FlatTree, MultiAxisKernel, Path, Target, get_variant
 from jaxlora.adapters.config import AdapterConfig
+from jaxlora.adapters.stacks import layer_view, stacked_nodes
 from jaxlora.adapters.targets import find_targets, find_trainable_leaves, flatten, join, unflatten
 
 MODES = ("factored", "merged")
@@ -103,9 +104,11 @@ def init(rng: jax.Array, frozen: Mapping, config: AdapterConfig) -> Adapter:
     {'full': {'classifier': {'kernel': (4, 2)}}, 'lowrank': {'query': {'a': (4, 2), 'b': (2, 4)}}}
     """
     flat = flatten(frozen)
-    targets = find_targets(flat, config)
+    view = layer_view(flat, config.layer_stacks)
+    targets = find_targets(view.leaves, config)
     lowrank, fixed = _variant_init(rng, targets, config)
-    full = {p: jnp.asarray(flat[p], jnp.float32) for p in find_trainable_leaves(flat, config, targets)}
+    trained = find_trainable_leaves(view.leaves, config, targets)
+    full = {p: jnp.asarray(view.value(flat, p), jnp.float32) for p in trained}
     return Adapter(trainable={"lowrank": _nest(lowrank), "full": unflatten(full)}, fixed=_nest(fixed))
 
 
@@ -131,21 +134,27 @@ def apply(frozen: Mapping, adapter: Adapter, config: AdapterConfig, mode: str = 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     flat = flatten(frozen)
-    targets = find_targets(flat, config)
-    for path, node in _nodes(flat, adapter, config, targets).items():
+    view = layer_view(flat, config.layer_stacks)
+    targets = find_targets(view.leaves, config)
+    stacked = {p: t for p, t in targets.items() if p + ("kernel",) in view.origin}
+    plain = {p: t for p, t in targets.items() if p not in stacked}
+    make_node = _node_maker(adapter, config, targets)
+    for path, t in plain.items():
+        node = make_node(t, flat[path + ("kernel",)])
         # A multi-axis kernel's node holds its matrix view; the merged kernel goes back to the
         # stored layout so the unmodified layer reads it as before.
-        t = targets[path]
         if mode == "merged":
             flat[path + ("kernel",)] = t.from_matrix(node.merged())
         elif len(t.kernel_shape) > 2:
             flat[path + ("kernel",)] = MultiAxisKernel(flat[path + ("kernel",)], node)
         else:
             flat[path + ("kernel",)] = node
+    for kernel_path, node in stacked_nodes(flat, view, stacked, make_node).items():
+        flat[kernel_path] = jax.vmap(lambda n: n.merged())(node) if mode == "merged" else node
     for path, leaf in flatten(adapter.trainable.get("full", {})).items():
-        if path not in flat:
+        if path not in view.leaves:
             raise ValueError(f"Adapter trains {join(path)!r} in full, but the frozen params have no such leaf.")
-        flat[path] = leaf.astype(jnp.result_type(flat[path]))
+        view.assign(flat, path, leaf.astype(jnp.result_type(view.leaves[path])))
     return unflatten(flat)
 
 
@@ -180,9 +189,10 @@ def unmerge(merged: Mapping, adapter: Adapter, config: AdapterConfig, *, max_ite
     """
     flat = flatten(merged)
     result = dict(flat)
-    targets = find_targets(flat, config)
-    for path, node in _nodes(flat, adapter, config, targets).items():
-        m = targets[path].as_matrix(jnp.asarray(flat[path + ("kernel",)], jnp.float32))
+    view = layer_view(flat, config.layer_stacks)
+    targets = find_targets(view.leaves, config)
+    for path, node in _nodes(flat, adapter, config, targets, view).items():
+        m = jnp.asarray(node.kernel, jnp.float32)
         k = m
         for _ in range(max_iters):
             new_k = m - node.scale * node.replace(kernel=k).delta().astype(jnp.float32)
@@ -195,7 +205,8 @@ def unmerge(merged: Mapping, adapter: Adapter, config: AdapterConfig, *, max_ite
                 f"unmerge did not converge for {join(path)!r}: this variant's update depends on the "
                 f"frozen weight and is too large to invert by iteration. Keep the frozen params."
             )
-        result[path + ("kernel",)] = targets[path].from_matrix(k).astype(jnp.result_type(flat[path + ("kernel",)]))
+        kernel = targets[path].from_matrix(k).astype(jnp.result_type(view.leaves[path + ("kernel",)]))
+        view.assign(result, path + ("kernel",), kernel)
     return unflatten(result)
 
 
@@ -212,7 +223,9 @@ def to_lora_factors(frozen: Mapping, adapter: Adapter, config: AdapterConfig) ->
     >>> a.shape, b.shape, scale
     ((4, 2), (2, 4), 4.0)
     """
-    nodes = _nodes(flatten(frozen), adapter, config)
+    flat = flatten(frozen)
+    view = layer_view(flat, config.layer_stacks)
+    nodes = _nodes(flat, adapter, config, find_targets(view.leaves, config), view)
     return {path: LoraFactors(*node.factors(), node.scale) for path, node in nodes.items()}
 
 
@@ -263,7 +276,7 @@ def param_table(frozen: Mapping, adapter: Adapter, config: AdapterConfig) -> str
     trained in full                                            16
     total trainable 32 of 80 frozen (40.000%); fixed 16
     """
-    targets = find_targets(flatten(frozen), config)
+    targets = find_targets(layer_view(flatten(frozen), config.layer_stacks).leaves, config)
     lowrank = _group(adapter.trainable.get("lowrank", {}))
     fixed = _group(adapter.fixed)
     rows: dict[str, list] = {}
@@ -298,17 +311,20 @@ def param_table(frozen: Mapping, adapter: Adapter, config: AdapterConfig) -> str
 # Internals
 
 
-def _nodes(flat: Mapping[Path, Any], adapter: Adapter, config: AdapterConfig, targets=None) -> dict:
-    """The factored node of every target (its kernel as a matrix), after checking the adapter fits."""
-    targets = find_targets(flat, config) if targets is None else targets
+def _nodes(flat: Mapping[Path, Any], adapter: Adapter, config: AdapterConfig, targets, view) -> dict:
+    """The factored node of every target, one per layer (its kernel as a matrix; a slice inside a
+    layer stack, read through ``view``), after checking the adapter fits."""
+    make_node = _node_maker(adapter, config, targets)
+    return {path: make_node(t, view.value(flat, path + ("kernel",))) for path, t in targets.items()}
+
+
+def _node_maker(adapter: Adapter, config: AdapterConfig, targets):
+    """``make_node(target, kernel)``: the variant's node for one target, after checking the adapter fits."""
     variant = get_variant(config.variant)
     lowrank = _group(adapter.trainable.get("lowrank", {}))
     fixed = _group(adapter.fixed)
     _check_fits(targets, config, lowrank, fixed)
-    return {
-        path: variant.node(t, t.as_matrix(flat[path + ("kernel",)]), lowrank, fixed, config)
-        for path, t in targets.items()
-    }
+    return lambda t, kernel: variant.node(t, t.as_matrix(kernel), lowrank, fixed, config)
 
 
 def _variant_init(rng: jax.Array, targets: Mapping[Path, Target], config: AdapterConfig) -> tuple[FlatTree, FlatTree]:

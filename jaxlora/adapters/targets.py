@@ -181,7 +181,9 @@ def kernel_layout(name: str, kernel_shape, bias_shape, spec) -> tuple[tuple[int,
         + ("" if bias_shape is None else f" (its bias {tuple(bias_shape)} is not the kernel's trailing axes)")
         + f". Tell jaxlora with AdapterConfig(kernel_axes={{{name!r}: <number of leading input axes>}}) or "
         f"the layer's einsum equation, e.g. {{{name!r}: 'BTD,DNH->BTNH'}}; jaxlora.nnx.kernel_axes(model) "
-        f"(NNX) or jaxlora.kernel_axes(model.init, ...) (Linen) read them all from the model."
+        f"(NNX) or jaxlora.kernel_axes(model.init, ...) (Linen) read them all from the model. If its first "
+        f"axis stacks scanned layers, name the stack instead: AdapterConfig(layer_stacks=('<path of the "
+        f"scanned module>',)) (jaxlora.models.layer_stacks(module) for a jaxlora model)."
     )
 
 

@@ -45,6 +45,7 @@ import numpy as np
 from jaxlora.adapters.base import Path
 from jaxlora.adapters.config import AdapterConfig
 from jaxlora.adapters.core import Adapter, apply, to_lora_factors
+from jaxlora.adapters.stacks import unstack_layers
 from jaxlora.adapters.targets import find_targets, find_trainable_leaves, flatten, join, linear_modules, unflatten
 from jaxlora.interop._files import atomic_folder, read_json, require_folder
 from jaxlora.util import listing, write_json
@@ -166,6 +167,8 @@ def peft_state_dict(module, frozen: Mapping, adapter: Adapter, config: AdapterCo
     """
     from jaxlora.models import hf_param_name
 
+    # PEFT names every layer: a scanned model's stacked frozen tree is read per layer (slices, not copies).
+    frozen, config = unstack_layers(frozen, config.layer_stacks), config.replace(layer_stacks=())
     names = _names(module, frozen)
     flat = flatten(frozen)
     targets = find_targets(flat, config)
@@ -397,6 +400,11 @@ def load_peft(folder: str, module, frozen: Mapping) -> tuple[Adapter, AdapterCon
     rank_pattern = dict(peft_config.get("rank_pattern") or {})
     alpha_pattern = dict(peft_config.get("alpha_pattern") or {})
 
+    from jaxlora.models import layer_stacks, unstack_params
+
+    # PEFT names every layer: a scanned model's frozen tree is read per layer, and the config it
+    # gets back names the stacks again, to apply to the stacked tree.
+    stacks, frozen = layer_stacks(module), unstack_params(frozen, module)
     names = _names(module, frozen)
     flat = flatten(frozen)
     tensors = _read_tensors(folder)
@@ -478,7 +486,7 @@ def load_peft(folder: str, module, frozen: Mapping) -> tuple[Adapter, AdapterCon
         fixed={},
     )
     apply(frozen, adapter, config)  # checks the adapter fits the config it is returned with
-    return adapter, config
+    return adapter, config.replace(layer_stacks=stacks)
 
 
 def _lora_config(flat, paths, ranks, alphas, r, alpha, rslora, full_paths, dropout) -> AdapterConfig:

@@ -13,7 +13,11 @@ One concept per module:
   PEFT task types) and its registry, :func:`register_family` / :func:`get_family`.
 * :mod:`~jaxlora.models.bert`, :mod:`~jaxlora.models.llama`: the modules of each family,
   and the records they register (``"bert"``, ``"roberta"``; ``"llama"``, which also reads
-  Qwen2); :mod:`~jaxlora.models.layers`: the blocks they share.
+  Qwen2); :mod:`~jaxlora.models.layers`: the blocks they share; :mod:`~jaxlora.models.rope`:
+  rotary position embeddings; :mod:`~jaxlora.models.kv_cache`: the decoder's KV cache.
+* :mod:`~jaxlora.models.stack`: the layer stack, unrolled or one ``nn.scan``
+  (``scan_layers=True``), with its remat policy; :func:`layer_stacks`,
+  :func:`stack_params` / :func:`unstack_params`.
 * :mod:`~jaxlora.models.hub`: presets, local folders and the Hub (:func:`resolve`).
 * :mod:`~jaxlora.models.tokenizer`: :func:`load_tokenizer`, without PyTorch where it can.
 * :mod:`~jaxlora.models.hf_config`: ``config.json`` read without transformers.
@@ -61,6 +65,7 @@ from jaxlora.models.hub import presets, register_preset, resolve
 from jaxlora.models.kv_cache import KVCache, init_cache
 from jaxlora.models.rope import position_ids_from_mask
 from jaxlora.models.pretrained import CheckpointWarning, from_pretrained, save_pretrained
+from jaxlora.models.stack import REMAT_POLICIES, layer_stacks, stack_params, unstack_params
 from jaxlora.models.testing import tiny_config
 from jaxlora.models.tokenizer import load_tokenizer
 from jaxlora.util.trees import flatten, unflatten
@@ -72,6 +77,7 @@ __all__ = [
     "HFType",
     "InsertedLevel",
     "KVCache",
+    "REMAT_POLICIES",
     "MatchReport",
     "ModelFamily",
     "abstract_params",
@@ -87,6 +93,7 @@ __all__ = [
     "hf_param_name",
     "init_cache",
     "init_params",
+    "layer_stacks",
     "load_tokenizer",
     "logical_axes",
     "match_state_dict",
@@ -100,8 +107,10 @@ __all__ = [
     "register_preset",
     "resolve",
     "save_pretrained",
+    "stack_params",
     "tiny_config",
     "unflatten",
+    "unstack_params",
     "write_safetensors",
 ]
 

@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlora.models import layers
+from jaxlora.models import layers, stack
 from jaxlora.models.family import HFType, InsertedLevel, ModelFamily, build_from_spec, get_family, register_family
 
 Array = jax.Array
@@ -73,12 +73,18 @@ class EncoderSpec:
     num_labels: int
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-    remat: bool = False  # recompute each layer in the backward pass (gradient checkpointing)
+    remat: str = "none"  # recompute each layer in the backward pass: "none", "full", "dots_saveable"
+    scan_layers: bool = False  # run the layers as one nn.scan over stacked params (jaxlora.models.stack)
 
     @property
     def prefix(self) -> str:
         """Attribute name of the backbone inside the HF task model (the family record's)."""
         return get_family(self.family).prefix
+
+    @property
+    def layer_stack(self) -> str:
+        """Path of the layer stack in the params (``layer_{i}`` under it when unrolled)."""
+        return "encoder/layer" if self.task == "base" else f"{self.prefix}/encoder/layer"
 
     @property
     def has_pooler(self) -> bool:
@@ -225,17 +231,13 @@ class Layer(nn.Module):
 
 
 class Encoder(nn.Module):
-    """The stack ``layer_0 .. layer_{n-1}``."""
+    """The stack ``layer_0 .. layer_{n-1}`` (one scanned ``layer`` with ``scan_layers``)."""
 
     spec: EncoderSpec
 
     @nn.compact
     def __call__(self, x, bias, deterministic):
-        # With remat only each layer's input is kept for the backward pass; `deterministic`
-        # (argument 3, counting self) is a Python bool and must stay static.
-        layer = nn.remat(Layer, static_argnums=(3,)) if self.spec.remat else Layer
-        for i in range(self.spec.num_layers):
-            x = layer(self.spec, name=f"layer_{i}")(x, bias, deterministic)
+        x, _ = stack.run_layers(Layer, self.spec, "layer", x, (bias,), deterministic=deterministic)
         return x
 
 

@@ -22,6 +22,7 @@ hashable numbers the module runs on, including ``spec.family``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import zlib
 from typing import Callable, Mapping
 
@@ -32,6 +33,7 @@ import numpy as np
 from jax.sharding import PartitionSpec
 
 from jaxlora.adapters.base import AdaptedKernel
+from jaxlora.models import stack
 from jaxlora.models.family import get_family
 from jaxlora.util.trees import Path, flatten, unflatten
 
@@ -56,11 +58,14 @@ def task_config(config, task: str, num_labels: int | None):
     return config
 
 
-def build_module(config, task: str, dtype=jnp.float32, param_dtype=None, remat: bool = False) -> nn.Module:
+def build_module(config, task: str, dtype=jnp.float32, param_dtype=None, remat: bool | str = False,
+                 scan_layers: bool = False) -> nn.Module:
     """The Linen module for a config and task, without parameters (the family record's ``build``).
 
-    ``remat=True`` recomputes each transformer layer in the backward pass
-    (gradient checkpointing); the parameters are the same either way.
+    ``remat`` recomputes each transformer layer in the backward pass (gradient
+    checkpointing): ``"full"`` (or ``True``) or ``"dots_saveable"``; the parameters are
+    the same either way. ``scan_layers=True`` runs the layers as one ``nn.scan`` over
+    stacked parameters (:mod:`jaxlora.models.stack`).
 
     >>> from jaxlora.models.testing import tiny_config
     >>> module = build_module(tiny_config("llama"), "causal_lm")
@@ -68,7 +73,8 @@ def build_module(config, task: str, dtype=jnp.float32, param_dtype=None, remat: 
     ('llama', 'causal_lm')
     """
     family = get_family(config)
-    return family.build(config, family.name, task, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat)
+    return family.build(config, family.name, task, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
+                        scan_layers=scan_layers)
 
 
 def from_config(
@@ -78,7 +84,8 @@ def from_config(
     seed: int = 0,
     dtype=jnp.float32,
     param_dtype=None,
-    remat: bool = False,
+    remat: bool | str = False,
+    scan_layers: bool = False,
 ) -> tuple[nn.Module, dict]:
     """A randomly initialised model: ``(module, params)``.
 
@@ -93,6 +100,9 @@ def from_config(
       dtype: computation dtype; ``param_dtype`` defaults to it.
       remat: recompute every transformer layer in the backward pass (gradient
         checkpointing): less activation memory for about one more forward pass.
+        ``"full"`` (``True``) or ``"dots_saveable"`` (keep the matmul outputs).
+      scan_layers: run the layers as one ``nn.scan``; the params are the unrolled
+        model's (same seed, same numbers) stacked along a leading layer axis.
 
     >>> from jaxlora.models.testing import tiny_config
     >>> module, params = from_config(tiny_config("llama"))
@@ -101,7 +111,8 @@ def from_config(
     """
     task = task or get_family(config).default_task
     config = task_config(config, task, num_labels)
-    module = build_module(config, task, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat)
+    module = build_module(config, task, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
+                          scan_layers=scan_layers)
     return module, init_params(module, seed)
 
 
@@ -194,7 +205,8 @@ def _init_leaf(path: Path, shape, dtype, spec, seed: int) -> jax.Array:
 def init_params(module: nn.Module, seed: int = 0, only: Callable[[Path], bool] | None = None) -> dict:
     """Fresh params for ``module`` drawn like transformers' ``_init_weights``.
 
-    ``only`` restricts the draw to the paths it accepts (how missing heads are filled).
+    ``only`` restricts the draw to the paths it accepts (how missing heads are filled). A module
+    that scans its layers gets the unrolled model's draws, stacked (``only`` sees per-layer paths).
 
     >>> from jaxlora.models.testing import tiny_config
     >>> module = build_module(tiny_config("bert"), "sequence_classification")
@@ -202,6 +214,9 @@ def init_params(module: nn.Module, seed: int = 0, only: Callable[[Path], bool] |
     >>> {name: leaf.shape for name, leaf in params["classifier"].items()}
     {'bias': (2,), 'kernel': (32, 2)}
     """
+    if module.spec.scan_layers:
+        unrolled = module.clone(spec=dataclasses.replace(module.spec, scan_layers=False))
+        return stack.stack_params(init_params(unrolled, seed, only), module)
     flat = flatten(abstract_params(module))
     return unflatten(
         {

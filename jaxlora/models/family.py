@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping, NamedTuple
 
+from jaxlora.models.stack import remat_policy
 from jaxlora.util.text import listing
 
 
@@ -64,8 +65,8 @@ class ModelFamily:
       hf_types: the transformers model types it reads, each with its class stem.
       prefix: attribute name of the backbone inside HF task models (``base_model_prefix``).
       tasks: the tasks its modules implement; ``default_task`` is used when none is asked for.
-      build: ``build(config, family_name, task, dtype, param_dtype, remat) -> nn.Module``, the
-        Linen module for a config (an ``HFConfig`` or transformers config) and task.
+      build: ``build(config, family_name, task, dtype, param_dtype, remat, scan_layers) -> nn.Module``,
+        the Linen module for a config (an ``HFConfig`` or transformers config) and task.
       input_names: the arrays the module takes, in call order (the loop feeds these batch keys).
       embedding_modules: modules whose 2-D ``weight`` is an embedding table, not a linear layer.
       padded_embeddings: embedding tables whose ``pad_token_id`` row transformers zeroes at init.
@@ -116,19 +117,21 @@ def build_from_spec(spec_type, build: Callable[..., Any]) -> Callable[..., Any]:
     """A family's ``build`` from a spec class (with ``from_hf``) and a ``build(spec, config)``.
 
     The spec is read from the config (``spec_type.from_hf(config, family, task, config.num_labels,
-    dtype, param_dtype)``) with ``remat`` set, then ``build`` picks the module for its task.
+    dtype, param_dtype)``) with ``remat`` (a :data:`~jaxlora.models.stack.REMAT_POLICIES` name, or a
+    bool) and ``scan_layers`` set, then ``build`` picks the module for its task.
 
     >>> from jaxlora.models import llama
     >>> from jaxlora.models.testing import tiny_config
     >>> build_llama = build_from_spec(llama.DecoderSpec, llama.build)
     >>> module = build_llama(tiny_config("llama"), "llama", "base", "float32", "float32", remat=True)
-    >>> type(module).__name__, module.spec.remat
-    ('DecoderBase', True)
+    >>> type(module).__name__, module.spec.remat, module.spec.scan_layers
+    ('DecoderBase', 'full', False)
     """
 
-    def build_module(config, family: str, task: str, dtype, param_dtype, remat: bool = False):
+    def build_module(config, family: str, task: str, dtype, param_dtype, remat: bool | str = False,
+                     scan_layers: bool = False):
         spec = spec_type.from_hf(config, family, task, config.num_labels, dtype, param_dtype)
-        return build(dataclasses.replace(spec, remat=remat), config)
+        return build(dataclasses.replace(spec, remat=remat_policy(remat), scan_layers=bool(scan_layers)), config)
 
     return build_module
 

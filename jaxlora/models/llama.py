@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlora.models import layers
+from jaxlora.models import layers, stack
 from jaxlora.models.family import HFType, ModelFamily, build_from_spec, register_family
 # generation.py reaches init_cache and position_ids_from_mask through this module.
 from jaxlora.models.kv_cache import KVCache, cached_attention_bias, init_cache  # noqa: F401
@@ -75,11 +75,17 @@ class DecoderSpec:
     num_labels: int
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-    remat: bool = False  # recompute each layer in the backward pass (gradient checkpointing)
+    remat: str = "none"  # recompute each layer in the backward pass: "none", "full", "dots_saveable"
+    scan_layers: bool = False  # run the layers as one nn.scan over stacked params (jaxlora.models.stack)
 
     @property
     def prefix(self) -> str:
         return "model"
+
+    @property
+    def layer_stack(self) -> str:
+        """Path of the layer stack in the params (``layers_{i}`` under it when unrolled)."""
+        return "layers" if self.task == "base" else "model/layers"
 
     @classmethod
     def from_hf(cls, config, family: str, task: str, num_labels: int, dtype, param_dtype) -> "DecoderSpec":
@@ -226,21 +232,16 @@ def backbone(spec: DecoderSpec, input_ids, attention_mask, position_ids, determi
             attention_mask = jnp.ones((batch, cache.keys[0].shape[1]), jnp.int32)
         bias = cached_attention_bias(attention_mask, cache.index, length)
     cos, sin = rotary_tables(s.head_dim, dict(s.rope), position_ids, s.dtype)
-    # `deterministic` is argument 5 counting self: a Python bool, static under remat. Decoding never remats.
-    layer = nn.remat(DecoderLayer, static_argnums=(5,)) if s.remat and cache is None else DecoderLayer
-    keys, values = [], []
-    for i in range(s.num_layers):
-        if cache is None:
-            h = layer(s, name=f"layers_{i}")(h, bias, cos, sin, deterministic)
-            continue
-        h, (k, v) = layer(s, name=f"layers_{i}")(
-            h, bias, cos, sin, deterministic, (cache.keys[i], cache.values[i], cache.index)
-        )
-        keys.append(k)
-        values.append(v)
+    per_layer = None
+    if cache is not None:
+        per_layer = [(cache.keys[i], cache.values[i], cache.index) for i in range(s.num_layers)]
+        s = dataclasses.replace(s, remat="none")  # decoding has no backward pass to save memory for
+    h, written = stack.run_layers(DecoderLayer, s, "layers", h, (bias, cos, sin), per_layer,
+                                  deterministic=deterministic)
     h = RMSNorm(s.rms_norm_eps, s.param_dtype, name="norm")(h)
     if cache is None:
         return h
+    keys, values = zip(*written)
     return h, KVCache(tuple(keys), tuple(values), cache.index + length)
 
 

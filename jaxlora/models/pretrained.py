@@ -24,15 +24,17 @@ True
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import warnings
 from typing import Any, Mapping
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jaxlora.adapters.base import AdaptedKernel
-from jaxlora.models import gguf, hf_config, hf_io
+from jaxlora.models import gguf, hf_config, hf_io, stack
 from jaxlora.models.build import abstract_params, build_module, init_params, task_config
 from jaxlora.models.family import get_family
 from jaxlora.models.hub import resolve
@@ -60,7 +62,8 @@ def from_pretrained(
     seed: int = 0,
     allow_missing: bool = False,
     config_overrides: Mapping[str, Any] | None = None,
-    remat: bool = False,
+    remat: bool | str = False,
+    scan_layers: bool = False,
 ) -> tuple[nn.Module, dict]:
     """Load an HF checkpoint into a jaxlora model: ``(module, params)``.
 
@@ -82,7 +85,10 @@ def from_pretrained(
         lm_head, pooler), drawn as transformers initialises them; a warning lists them.
       allow_missing: also initialise missing *backbone* weights instead of raising.
       config_overrides: attributes set on the loaded config before building (e.g. dropout rates).
-      remat: recompute every transformer layer in the backward pass (gradient checkpointing).
+      remat: recompute every transformer layer in the backward pass (gradient checkpointing):
+        ``"full"`` (``True``) or ``"dots_saveable"`` (keep the matmul outputs).
+      scan_layers: run the layers as one ``nn.scan``; the checkpoint's per-layer tensors are
+        stacked once, here, along a leading layer axis (:mod:`jaxlora.models.stack`).
 
     Raises:
       ValueError: a tensor's shape does not fit the config (names the tensor and both shapes), or
@@ -105,9 +111,11 @@ def from_pretrained(
     task = task or family.default_task
     config = task_config(config, task, num_labels)
     param_dtype = param_dtype or dtype
-    module = build_module(config, task, dtype=dtype, param_dtype=param_dtype, remat=remat)
+    module = build_module(config, task, dtype=dtype, param_dtype=param_dtype, remat=remat, scan_layers=scan_layers)
+    # Checkpoints name every layer: match them against the unrolled model's tree, stack at the end.
+    unrolled = module.clone(spec=dataclasses.replace(module.spec, scan_layers=False))
 
-    expected = {path: s.shape for path, s in flatten(abstract_params(module)).items()}
+    expected = {path: s.shape for path, s in flatten(abstract_params(unrolled)).items()}
     # A tied model has no lm_head of its own; the checkpoint's copy (if any) is the embedding again.
     ignore = ("lm_head.weight",) if getattr(module.spec, "tie_word_embeddings", False) else ()
     state_dict = checkpoint.state_dict if checkpoint else hf_io.read_state_dict(folder)
@@ -135,11 +143,12 @@ def from_pretrained(
             CheckpointWarning,
             stacklevel=2,
         )
-    loaded = {path: jnp.asarray(value, dtype=param_dtype) for path, value in report.params.items()}
     missing = set(report.missing)
-    fresh = flatten(init_params(module, seed, only=missing.__contains__)) if missing else {}
-    params = unflatten({path: (fresh[path] if path in fresh else loaded[path]) for path in expected})
-    return module, params
+    fresh = flatten(init_params(unrolled, seed, only=missing.__contains__)) if missing else {}
+    params = unflatten({path: (fresh[path] if path in fresh else report.params[path]) for path in expected})
+    # Stacked before the device transfer, so the stacked layout is the only copy on the device.
+    params = stack.stack_params(params, module)
+    return module, jax.tree.map(lambda value: jnp.asarray(value, dtype=param_dtype), params)
 
 
 def _contains_adapted(params: Mapping) -> bool:
@@ -151,7 +160,8 @@ def _contains_adapted(params: Mapping) -> bool:
 def save_pretrained(module: nn.Module, params: Mapping, folder: str) -> str:
     """Write ``config.json`` and ``model.safetensors`` that transformers' ``AutoModelFor...`` loads; returns ``folder``.
 
-    ``params`` must be plain arrays (merge adapters first with ``jaxlora.merge``).
+    ``params`` must be plain arrays (merge adapters first with ``jaxlora.merge``); a module that
+    scans its layers has its stacked params written per layer, as the unrolled model's.
     ``config.architectures`` names the class of the family's model type and the task.
 
     >>> import json, os, tempfile
@@ -173,5 +183,5 @@ def save_pretrained(module: nn.Module, params: Mapping, folder: str) -> str:
     config.dtype = jnp.dtype(spec.param_dtype).name
     os.makedirs(folder, exist_ok=True)
     config.save_pretrained(folder)
-    hf_io.write_safetensors(hf_io.params_to_hf(spec.family, params), folder)
+    hf_io.write_safetensors(hf_io.params_to_hf(spec.family, stack.unstack_params(params, module)), folder)
     return folder

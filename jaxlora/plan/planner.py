@@ -322,11 +322,11 @@ def _abstract_batch(task, rows: int, length: int) -> dict:
     return {k: jax.ShapeDtypeStruct(batch[k].shape, batch[k].dtype) for k in task.device_keys}
 
 
-def _quantized(config, frozen, adapter):
+def _quantized(config, frozen, adapter, layer_stacks=()):
     # assembly.quantized_frozen, as build applies it, on abstract leaves.
     if not config.get("frozen_quant"):
         return frozen
-    return jax.eval_shape(lambda tree: assembly.quantized_frozen(config, tree, adapter), frozen)
+    return jax.eval_shape(lambda tree: assembly.quantized_frozen(config, tree, adapter, layer_stacks), frozen)
 
 
 def abstract_run(config, hf_config, devices) -> AbstractRun:
@@ -338,9 +338,9 @@ def abstract_run(config, hf_config, devices) -> AbstractRun:
     model_cfg = models.build.task_config(hf_config, task_name, head.get("num_labels"))
     module = models.build_module(model_cfg, task_name, **assembly.model_options(config))
     frozen = models.abstract_params(module)
-    method = method_from_config(config)
+    method = method_from_config(config, module)  # a scanned model's adapter config names its layer stacks
     adapter = jax.eval_shape(lambda key: method.initial(key, frozen), jax.random.key(0))
-    frozen = _quantized(config, frozen, adapter)
+    frozen = _quantized(config, frozen, adapter, models.layer_stacks(module))
     trainable, fixed = _float32(adapter.trainable), _float32(adapter.fixed)
     spec = optim.optimizer_spec(config, config_lib.learning_rate(config, task))
     optimizer = optim.make_optimizer(spec, 1000)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,7 @@ import jaxlora
 from jaxlora import models, tasks
 from jaxlora.adapters.config import AdapterConfig
 from jaxlora.adapters.core import Adapter
+from jaxlora.adapters.stacks import stack_layers, unstack_layers
 from jaxlora.adapters.targets import flatten, join
 from jaxlora.errors import ConfigError
 from jaxlora.nn.quantize import quantized_paths
@@ -80,11 +81,11 @@ def model_options(config) -> dict:
     >>> from jaxlora.training.config import default_config
     >>> config = default_config()
     >>> config.dtype = "bfloat16"
-    >>> model_options(config)["dtype"].__name__, model_options(config)["remat"]
-    ('bfloat16', False)
+    >>> model_options(config)["dtype"].__name__, model_options(config)["remat"], model_options(config)["scan_layers"]
+    ('bfloat16', 'none', False)
     """
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-    return {"dtype": dtype, "remat": bool(config.remat)}
+    return {"dtype": dtype, "remat": config.remat, "scan_layers": bool(config.scan_layers)}
 
 
 def _load_model(config, task: tasks.Task):
@@ -111,20 +112,26 @@ def _initial_method(config, module, frozen_host) -> tuple[TrainingMethod, Adapte
         log.info("Starting from the PEFT adapter in %s (its config replaces config.lora): %s",
                  config.init_from_peft, method.config)
         return method, adapter
-    method = method_from_config(config)
+    method = method_from_config(config, module)
     return method, method.initial(jax.random.fold_in(jax.random.key(int(config.seed)), 1), frozen_host)
 
 
-def quantized_frozen(config, frozen, adapter: Adapter):
+def quantized_frozen(config, frozen, adapter: Adapter, layer_stacks: Sequence[str] = ()):
     """``config.frozen_quant``: the frozen kernels as :func:`jaxlora.quantize` nodes (QLoRA); ``frozen`` when unset.
 
     Leaves trained in full (the task head) keep their dtype: they are copied into the adapter and trained.
-    Traceable: ``jaxlora.plan`` runs it under ``jax.eval_shape`` on abstract params.
+    Traceable: ``jaxlora.plan`` runs it under ``jax.eval_shape`` on abstract params. A scanned model's
+    stacks (``models.layer_stacks(module)``) are quantized layer by layer and stacked again, so every
+    array of a stacked node has the layer axis and its metadata is one layer's.
     """
     if config.frozen_quant is None:
         return frozen
     trained_in_full = tuple(join(path) for path in flatten(adapter.trainable.get("full", {})))
     try:
+        if layer_stacks:
+            per_layer = jaxlora.quantize(unstack_layers(frozen, layer_stacks), config.frozen_quant,
+                                         int(config.frozen_quant_block_size), skip=trained_in_full)
+            return stack_layers(per_layer, layer_stacks)
         return jaxlora.quantize(frozen, config.frozen_quant, int(config.frozen_quant_block_size), skip=trained_in_full)
     except ValueError as err:
         raise ConfigError(
@@ -133,9 +140,9 @@ def quantized_frozen(config, frozen, adapter: Adapter):
         ) from None
 
 
-def _quantized(config, frozen_host, adapter: Adapter):
+def _quantized(config, frozen_host, adapter: Adapter, layer_stacks: Sequence[str]):
     """:func:`quantized_frozen` on the host, logged."""
-    quantized = quantized_frozen(config, frozen_host, adapter)
+    quantized = quantized_frozen(config, frozen_host, adapter, layer_stacks)
     if quantized is frozen_host:
         return frozen_host
     paths = quantized_paths(quantized)
@@ -213,7 +220,7 @@ def build(config) -> Run:
     # Host copies: sharded device copies are made below; keeping a whole copy on one device would waste it.
     frozen_host = jax.device_get(frozen_host)
     method, adapter = _initial_method(config, module, frozen_host)
-    frozen_host = _quantized(config, frozen_host, adapter)
+    frozen_host = _quantized(config, frozen_host, adapter, models.layer_stacks(module))
 
     spe = task.steps_per_epoch(data.train, int(config.batch_size))
     total = spe * config_lib.num_epochs(config, task)

@@ -48,6 +48,7 @@ from jaxlora.adapters.base import get_variant, registered_variants
 from jaxlora.adapters.config import AdapterConfig
 from jaxlora import tasks
 from jaxlora.errors import ConfigError
+from jaxlora.models.stack import REMAT_POLICIES
 
 __all__ = [
     "FULL_VARIANT",
@@ -86,7 +87,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.tokenizer = ""  # "" = the model's own tokenizer
     c.dtype = "float32"  # computation and frozen-parameter dtype: float32 or bfloat16
     c.model_dropout = ml_collections.config_dict.placeholder(float)  # hidden/attention dropout; None: the checkpoint's
-    c.remat = False  # recompute each transformer layer in the backward pass (gradient checkpointing)
+    # Recompute each transformer layer in the backward pass (gradient checkpointing): "none", "full"
+    # (True also means "full"), or "dots_saveable" (keep the matmul outputs, recompute the rest).
+    c.remat = "none"
+    c.scan_layers = False  # run the layer stack as one nn.scan (compile time independent of depth)
     # Frozen linear kernels stored quantized (QLoRA), dequantized inside each step: "int8" or "nf4"; None keeps them.
     c.frozen_quant = ml_collections.config_dict.placeholder(str)
     c.frozen_quant_block_size = 64  # numbers per absmax scale of frozen_quant, along each kernel's last axis
@@ -285,6 +289,9 @@ def _value_problems(config: ml_collections.ConfigDict) -> list[str]:
     for name in ("lowrank_learning_rate", "full_learning_rate"):
         problems += _inherit_problems(f"optimizer.{name}", config.optimizer[name], "a positive number",
                                       lambda value: value > 0, "the base learning rate")
+    if config.remat.lower() not in REMAT_POLICIES + ("true", "false"):
+        problems.append(f"config.remat={config.remat!r} is not a remat policy: use one of {list(REMAT_POLICIES)} "
+                        "(True means 'full').")
     if config.lora.variant != FULL_VARIANT:
         if not config.lora.alpha > 0:
             problems.append(f"config.lora.alpha={config.lora.alpha} must be positive: the update is scaled by "
@@ -383,7 +390,8 @@ def adapter_config(config: ml_collections.ConfigDict) -> AdapterConfig | None:
     lora = config.lora
     if lora.variant == FULL_VARIANT:
         return None
-    fields = {f.name for f in dataclasses.fields(AdapterConfig)} - {"options"}
+    # layer_stacks is the model's layout, not a setting: the run takes it from the module (scan_layers).
+    fields = {f.name for f in dataclasses.fields(AdapterConfig)} - {"options", "layer_stacks"}
     values = {name: _plain(lora[name]) for name in fields}
     if isinstance(values["targets"], list):
         values["targets"] = tuple(values["targets"])

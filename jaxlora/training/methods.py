@@ -39,7 +39,7 @@ import jax
 import numpy as np
 
 import jaxlora
-from jaxlora import interop
+from jaxlora import interop, models
 from jaxlora.adapters.config import AdapterConfig
 from jaxlora.adapters.core import Adapter
 from jaxlora.training import config as config_lib
@@ -175,14 +175,21 @@ class FullFineTune:
         return {"model": path}
 
 
-def method_from_config(config) -> LowRank | FullFineTune:
+def method_from_config(config, module: Any = None) -> LowRank | FullFineTune:
     """The method of a training config: ``lora.variant = "full"`` fine-tunes everything.
+
+    Given the ``module`` it trains, a model that scans its layers (``config.scan_layers``) gets
+    an adapter config naming its layer stacks (the frozen tree is stacked, the adapter per layer).
 
     >>> method_from_config(config_lib.default_config()).name
     'lora'
     """
     adapter_config = config_lib.adapter_config(config)
-    return FullFineTune() if adapter_config is None else LowRank(adapter_config)
+    if adapter_config is None:
+        return FullFineTune()
+    if module is not None:
+        adapter_config = adapter_config.replace(layer_stacks=models.layer_stacks(module))
+    return LowRank(adapter_config)
 
 
 def as_method(method: TrainingMethod | AdapterConfig | None) -> TrainingMethod:

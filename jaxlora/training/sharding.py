@@ -324,12 +324,18 @@ def _matrix_axes(spec: PartitionSpec, dims: tuple[int, ...]):
 
 def _factor_specs(frozen: Mapping, frozen_sh: Mapping, config, mesh: Mesh) -> dict:
     """``{adapter leaf path: PartitionSpec}``: each factor on the side of its weight it multiplies."""
-    from jaxlora.adapters.targets import find_targets  # training -> adapters: the layering's direction
+    from jaxlora.adapters.stacks import layer_view  # training -> adapters: the layering's direction
+    from jaxlora.adapters.targets import find_targets, flatten
 
     specs: dict = {}
-    for path, target in find_targets(frozen, config).items():
-        kernel_sh = _path_lookup(frozen_sh, path + ("kernel",))
+    # Scanned layers: the factors are per layer, the kernel stacked; its layer axis is not theirs.
+    view = layer_view(flatten(frozen), config.layer_stacks)
+    for path, target in find_targets(view.leaves, config).items():
+        stacked = view.origin.get(path + ("kernel",))
+        kernel_sh = _path_lookup(frozen_sh, path + ("kernel",) if stacked is None else stacked[0])
         kernel_spec = (kernel_sh.codes if isinstance(kernel_sh, QuantizedKernel) else kernel_sh).spec
+        if stacked is not None:
+            kernel_spec = PartitionSpec(*tuple(kernel_spec)[1:])
         d_in_axes = _matrix_axes(kernel_spec, target.in_dims)
         d_out_axes = _matrix_axes(kernel_spec, target.out_dims)
         # Per-matrix factors (LoRA, B-only, A-only, MTLoRA) live under the module's path.

@@ -26,14 +26,15 @@ CONFIG_DEFAULTS = dict(
 )
 
 
-def build_module(config, family, task, dtype, param_dtype, remat=False):
+def build_module(config, family, task, dtype, param_dtype, remat=False, scan_layers=False):
     window = getattr(config, "sliding_window", None)
     if window is not None and window < config.max_position_embeddings:
         raise ValueError(
             f"sliding_window={window} is shorter than max_position_embeddings={config.max_position_embeddings}; "
             "jaxlora's Mistral attends to every earlier token. Set sliding_window=None (as Mistral 7B v0.2+ does)."
         )
-    return llama.LLAMA.build(config, family, task, dtype=dtype, param_dtype=param_dtype, remat=remat)
+    return llama.LLAMA.build(config, family, task, dtype=dtype, param_dtype=param_dtype, remat=remat,
+                             scan_layers=scan_layers)
 
 
 MISTRAL = register_family(dataclasses.replace(
