@@ -146,3 +146,21 @@ def test_scan_refuses_per_layer_ranks_that_differ_naming_the_layers():
     message = str(err.value)
     assert "model/layers_0/self_attn/q_proj, model/layers_1/self_attn/q_proj" in message
     assert "rank 8, alpha 8: model/layers_2/self_attn/q_proj" in message and "scan_layers=False" in message
+
+
+def test_stacked_quantized_kernels_scan_like_unrolled_ones():
+    # Quantized per layer, then stacked: every array of a node gets the layer axis, its metadata stays one layer's.
+    unrolled, params, scanned, _ = _models("llama")
+    quantized = jaxlora.quantize(params, "nf4", block_size=16, skip=("lm_head",))
+    stacked = jm.stack_params(quantized, scanned)
+    node = stacked["model"]["layers"]["mlp"]["up_proj"]["kernel"]
+    assert node.shape == (3, 32, 64) and node.stored_shape == (32, 64)
+    cfg = jaxlora.AdapterConfig("lora", rank=4, targets=CASES["llama"][1])
+    stacked_cfg = cfg.replace(layer_stacks=jm.layer_stacks(scanned))
+    adapter = jaxlora.init(jax.random.key(1), quantized, cfg)
+    adapter = adapter._replace(trainable=jax.tree.map(lambda x: x + 0.05, adapter.trainable))
+    grad = lambda *args: jax.jit(jax.value_and_grad(_loss(*args), has_aux=True))(adapter.trainable)  # noqa: E731
+    (_, want_logits), want = grad(unrolled, quantized, adapter, cfg)
+    (_, logits), grads = grad(scanned, stacked, adapter, stacked_cfg)
+    _close(logits, want_logits)
+    _close(grads, want)
