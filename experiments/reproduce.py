@@ -124,7 +124,17 @@ def append_row(path: str, row: dict) -> None:
     os.replace(tmp, path)
 
 
+_VERSIONS: dict = {}
+
+
 def versions() -> dict:
+    """The versions this process runs: read once, so a checkout moving under a long grid is not recorded."""
+    if not _VERSIONS:
+        _VERSIONS.update(_read_versions())
+    return dict(_VERSIONS)
+
+
+def _read_versions() -> dict:
     import flax
     import jax
     import numpy
@@ -226,6 +236,7 @@ def run_grid(args, overrides: dict) -> int:
     grid = grid_options(args)
     done_here = 0
     ids: dict = {}
+    print(f"[grid] versions {json.dumps(versions())}", flush=True)
 
     def ids_of(run):
         if run not in ids:
