@@ -186,7 +186,8 @@ def run_one(run: study.Run, rid: str, digest: str, overrides: dict, results_dir:
 
     config = make_config(run, overrides, results_dir)
     workdir = workdir or os.path.join(runs_dir, rid)
-    resumed = os.path.isdir(os.path.join(workdir, "checkpoints"))
+    checkpoints = os.path.join(workdir, "checkpoints")
+    resumed = os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints))
     start = time.time()
     results = training.train(config, workdir)
     wall = time.time() - start
