@@ -20,6 +20,7 @@ B-only's random one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Mapping
 
@@ -138,6 +139,16 @@ class FrameOptions:
     frame: str = ""  # a native LoRA adapter folder (train.py's workdir/adapter) whose a gives the frame
 
 
+@functools.lru_cache(maxsize=8)
+def _lora_frames(folder: str) -> dict:
+    """``{path: orthonormal basis of the LoRA adapter's a}``, read eagerly: ``init`` may run under a trace
+    (``jax.eval_shape`` of the expected shapes), where reading and checking a file must not be traced."""
+    with jax.ensure_compile_time_eval():
+        lora, _, _ = interop.load_adapter(folder)
+        flat = trees.flatten(jax.device_get(lora.trainable["lowrank"]))
+    return {tuple(p[:-1]): orthonormal_basis(np.asarray(v)) for p, v in flat.items() if p[-1] == "a"}
+
+
 @register
 class BOnlyFrame(Variant):
     """B-only whose frozen ``a`` is an orthonormal basis of a trained LoRA's ``a`` (the asymmetry control).
@@ -161,13 +172,12 @@ class BOnlyFrame(Variant):
     def init(self, rng, targets, config):
         if not config.options.frame:
             raise ValueError("bonly_frame needs options.frame: the folder of a trained LoRA adapter.")
-        lora, lora_config, _ = interop.load_adapter(config.options.frame)
-        lora_a = {tuple(p[:-1]): v for p, v in trees.flatten(lora.trainable["lowrank"]).items() if p[-1] == "a"}
+        frames = _lora_frames(config.options.frame)
         trainable, fixed = {}, {}
         for path, t in targets.items():
-            if path not in lora_a:
+            if path not in frames:
                 raise ValueError(f"The frame adapter {config.options.frame} has no trained a for {'/'.join(path)}.")
-            basis = orthonormal_basis(np.asarray(lora_a[path]))
+            basis = frames[path]
             if basis.shape != (t.d_in, t.rank):
                 raise ValueError(f"The frame of {'/'.join(path)} has shape {basis.shape}, the target needs "
                                  f"{(t.d_in, t.rank)}: use a LoRA adapter of the same rank and a full-rank a.")

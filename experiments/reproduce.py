@@ -244,23 +244,42 @@ def run_grid(args, overrides: dict) -> int:
             ids[run] = run_identity(run, overrides, args.results)[:2]
         return ids[run][0]
 
+    failed: set = set()
     while True:
         rows = summary.read_rows(csv_path)
-        todo = study.plan(rows, ids_of, **grid)
+        todo = [run for run in study.plan(rows, ids_of, **grid) if ids_of(run) not in failed]
         if not todo or (args.max_runs and done_here >= args.max_runs):
             print(f"[grid] {len(rows)} rows in {csv_path}; {len(todo)} runs planned now"
-                  + ("" if todo else ": the grid is complete (or waits for nothing)"), flush=True)
-            return 0
+                  + ("" if todo else ": the grid is complete (or waits for nothing)")
+                  + (f"; {len(failed)} failed (see failures.jsonl)" if failed else ""), flush=True)
+            return 1 if failed else 0
         run = todo[0]
         rid, digest = ids[run]
         mean_wall = sum(float(r["wall_s"]) for r in rows) / len(rows) if rows else float("nan")
         print(f"[grid] {time.strftime('%H:%M:%S')} run {len(rows) + 1} ({len(todo)} planned, ~{mean_wall:.0f} s each "
               f"so far): {rid}", flush=True)
-        row = run_one(run, rid, digest, overrides, args.results, args.runs)
+        try:
+            row = run_one(run, rid, digest, overrides, args.results, args.runs)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # one broken run must not stop the grid: logged, no row, retried next start
+            failed.add(rid)
+            _log_failure(args.results, rid, err)
+            print(f"[grid] FAILED {rid}: {type(err).__name__}: {err} (no row; retried when the grid restarts)",
+                  flush=True)
+            continue
         append_row(csv_path, row)
         done_here += 1
         print(f"[grid] done {rid}: validation {float(row['validation_metric']):.4f} test "
               f"{float(row['test_metric']):.4f} in {row['wall_s']} s", flush=True)
+
+
+def _log_failure(results_dir: str, rid: str, err: Exception) -> None:
+    import traceback
+
+    with open(os.path.join(results_dir, "failures.jsonl"), "a") as f:
+        f.write(json.dumps({"id": rid, "at": time.strftime("%Y-%m-%dT%H:%M:%S"), "error": f"{type(err).__name__}: {err}",
+                            "traceback": traceback.format_exc()[-4000:]}) + "\n")
 
 
 def rerun(args) -> int:
