@@ -148,7 +148,9 @@ def summarise(rows: Sequence[Mapping], tasks: Sequence[str] = study.TASKS, metho
     return {"chosen": chosen, "table": table, "per_cell": per_cell, "sd": sds, "diffs": diffs, "averages": averages,
             "average_diffs": average_diffs, "claims": claims, "tasks": list(tasks), "methods": present,
             "lr_stage": _lr_stage(rows, methods, grids, lr_tasks), "lr_tasks": list(lr_tasks), "energy": _energy(rows, chosen),
-            "rows": len(rows), "wall_s": sum(float(r["wall_s"]) for r in rows)}
+            "rows": len(rows), "wall_s": sum(float(r["wall_s"]) for r in rows),
+            "row_list": [{k: r[k] for k in ("id", "task", "method", "learning_rate", "seed", "steps", "validation_metric",
+                                            "test_metric", "wall_s")} for r in rows]}
 
 
 def _lr_stage(rows, methods, grids, lr_tasks) -> dict:
@@ -216,6 +218,12 @@ def markdown(report: Mapping, csv_path: str) -> str:
             mark = "yes" if math.isclose(report["chosen"].get(m, -1), lr) else ""
             lines.append(f"| {m} | {lr:.0e} | " + " | ".join(_pts(v) if v is not None else "—" for v in values)
                          + f" | {mean} | {mark} |")
+    lines += ["", "### Every finished row (the learning-rate stage included; rates not yet chosen show here only)", "",
+              "| id | task | method | lr | seed | steps | validation | test | wall s |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in report["row_list"]:
+        lines.append(f"| {row['id']} | {row['task']} | {row['method']} | {float(row['learning_rate']):.0e} | {row['seed']} "
+                     f"| {row['steps']} | {_pts(float(row['validation_metric']))} | {_pts(float(row['test_metric']))} "
+                     f"| {float(row['wall_s']):.0f} |")
     energy = report["energy"]
     if energy:
         lines += ["", "### Asymmetry diagnostic: share of energy in the adapter's frames (mean over matrices and runs)",
