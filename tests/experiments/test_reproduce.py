@@ -40,9 +40,10 @@ def _rows(results):
 def finished_grid(tiny_model, tiny_glue, tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     results, runs = root / "results", root / "runs"
-    # A persistent compilation cache: the runs of one method share their compiled steps (as the study's do).
-    env = {**os.environ, "GLUE_DIR": str(tiny_glue), "JAX_PLATFORMS": "cpu",
-           "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    # A persistent compilation cache (the session's, else one here): the runs of one method share their compiled
+    # steps, as the study's do.
+    env = {"JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           **os.environ, "GLUE_DIR": str(tiny_glue), "JAX_PLATFORMS": "cpu"}
     command = _command(results, runs, tiny_model, tiny_glue, root / "cache")
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
