@@ -144,10 +144,13 @@ def test_the_learning_rate_choice_never_reads_test_metrics(finished_grid):
                                        ["sst2"]) == {"lora": 0.01, "bonly_r8": 0.01}
 
 
-def test_rerun_reproduces_a_recorded_row(finished_grid):
+def test_rerun_reproduces_a_recorded_row(finished_grid, monkeypatch, capsys):
+    from experiments import reproduce
+
     results, _, _, (command, env) = finished_grid
     row = _rows(results)[-1]
-    rerun = subprocess.run(command[:6] + ["--rerun", row["id"]], env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-    line = rerun.stdout.strip().splitlines()[-1]
+    monkeypatch.chdir(REPO)  # main() works from the repository root; this restores the cwd afterwards
+    monkeypatch.setenv("GLUE_DIR", env["GLUE_DIR"])
+    assert reproduce.main(command[2:6] + ["--rerun", row["id"]]) == 0  # in this process: no second start-up
+    line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith(f"{row['id']}: recorded test {float(row['test_metric']):.6f}") and line.endswith("the same")
