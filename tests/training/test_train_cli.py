@@ -119,10 +119,20 @@ def test_non_utf8_data_names_the_file_and_line(tiny, tiny_glue, tmp_path):
     assert_one_line_error(proc, f"{glue / 'SST-2' / 'train.tsv'}, line {lines}", "is not UTF-8")
 
 
-def test_alpha_zero_is_refused_up_front(tiny, tmp_path):
-    proc = run_train([*tiny(**{"lora.alpha": 0}), "--workdir", tmp_path / "run"], tmp_path)
+@pytest.fixture(scope="module")
+def bad_values_run(tiny_model, tiny_glue, tmp_path_factory):
+    """One train.py run with two bad values (alpha 0, a negative learning rate): both named in its one line."""
+    tmp = tmp_path_factory.mktemp("bad_values")
+    args = ["--config", REPO / "configs" / "lora_sst2.py",
+            *tiny_flags(tiny_model, tiny_glue, tmp / "cache", **{"lora.alpha": 0, "optimizer.learning_rate": -0.001}),
+            "--workdir", tmp / "run"]
+    return run_train(args, tmp), tmp / "run"
+
+
+def test_alpha_zero_is_refused_up_front(bad_values_run):
+    proc, workdir = bad_values_run
     assert_one_line_error(proc, "config.lora.alpha=0.0 must be positive")
-    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything ran
+    assert not (workdir / "checkpoints").exists()  # refused before anything ran
 
 
 def test_truncated_model_safetensors_names_the_file(tiny, tiny_model, tmp_path):
@@ -194,9 +204,8 @@ def test_a_training_row_labelled_minus_one_is_refused_not_trained_as_a_class(tin
     assert_one_line_error(proc, str(glue / "SST-2" / "train.tsv"), "label -1 is not one of SST-2's classes 0..1")
 
 
-def test_a_negative_learning_rate_is_refused(tiny, tmp_path):
-    proc = run_train([*tiny(**{"optimizer.learning_rate": -0.001}), "--workdir", tmp_path / "run"], tmp_path)
-    assert_one_line_error(proc, "config.optimizer.learning_rate=-0.001 must be positive")
+def test_a_negative_learning_rate_is_refused(bad_values_run):
+    assert_one_line_error(bad_values_run[0], "config.optimizer.learning_rate=-0.001 must be positive")
 
 
 def test_hub_unreachable_says_to_use_the_offline_config(tmp_path):
@@ -214,11 +223,31 @@ def test_traceback_flag_and_env_show_the_full_traceback(tiny, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# Faults a rerun repairs by itself (exit 0, a warning naming the file).
+# Faults a rerun repairs by itself (exit 0, a warning naming the file), and reruns that never destroy:
+# each starts from a copy of one finished run (4 steps, checkpoints 2 and 4, its tokenization cache).
+
+FINISHED = {"max_steps": 4, "checkpoint.keep": 3}
 
 
-def test_a_truncated_tokenization_cache_is_rebuilt(tiny, tmp_path):
-    assert run_train([*tiny(), "--workdir", tmp_path / "first"], tmp_path).returncode == 0
+@pytest.fixture(scope="module")
+def finished_run(tiny_model, tiny_glue, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("finished")
+    args = ["--config", REPO / "configs" / "lora_sst2.py",
+            *tiny_flags(tiny_model, tiny_glue, tmp / "cache", **FINISHED), "--workdir", tmp / "run"]
+    proc = run_train(args, tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp
+
+
+@pytest.fixture
+def finished(finished_run, tmp_path):
+    """A copy of the finished run in ``tmp_path / "run"``, its cache in ``tmp_path / "cache"`` (where ``tiny`` looks)."""
+    shutil.copytree(finished_run / "cache", tmp_path / "cache")
+    shutil.copytree(finished_run / "run", tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_a_truncated_tokenization_cache_is_rebuilt(tiny, finished, tmp_path):
     caches = sorted((tmp_path / "cache").glob("sst2-train-*.npz"))
     assert len(caches) == 1
     caches[0].write_bytes(caches[0].read_bytes()[:100])
@@ -228,9 +257,8 @@ def test_a_truncated_tokenization_cache_is_rebuilt(tiny, tmp_path):
     assert caches[0].stat().st_size > 100  # rebuilt, so the next run reads it
 
 
-def test_an_out_of_range_loader_position_falls_back_to_the_previous_step(tiny, tmp_path):
-    args = [*tiny(max_steps=4, **{"checkpoint.keep": 3}), "--workdir", tmp_path / "run"]
-    assert run_train(args, tmp_path).returncode == 0
+def test_an_out_of_range_loader_position_falls_back_to_the_previous_step(tiny, finished, tmp_path):
+    args = [*tiny(**FINISHED), "--workdir", finished]
     meta_file = tmp_path / "run" / "checkpoints" / "4" / "meta" / "metadata"
     meta = json.loads(meta_file.read_text())
     meta["loader"] = [0, 10**9, 0]
@@ -251,9 +279,8 @@ def _snapshot(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_a_rerun_with_another_rank_is_refused_and_touches_nothing(tiny, tmp_path):
-    workdir = tmp_path / "run"
-    assert run_train([*tiny(), "--workdir", workdir], tmp_path).returncode == 0
+def test_a_rerun_with_another_rank_is_refused_and_touches_nothing(tiny, finished, tmp_path):
+    workdir = finished
     before = _snapshot(workdir)
     proc = run_train([*tiny(**{"lora.rank": 16}), "--workdir", workdir], tmp_path)
     assert_one_line_error(proc, "lora.rank: 8 in the checkpoints, 16 in this config", "are from another run")
@@ -264,9 +291,8 @@ def test_a_rerun_with_another_rank_is_refused_and_touches_nothing(tiny, tmp_path
     assert _snapshot(workdir) == before
 
 
-def test_starting_over_moves_the_previous_outputs_to_previous(tiny, tmp_path):
-    workdir = tmp_path / "run"
-    assert run_train([*tiny(), "--workdir", workdir], tmp_path).returncode == 0
+def test_starting_over_moves_the_previous_outputs_to_previous(tiny, finished, tmp_path):
+    workdir = finished
     before = _snapshot(workdir)
     proc = run_train([*tiny(**{"lora.rank": 4, "resume": False}), "--workdir", workdir], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
