@@ -43,7 +43,7 @@ def test_lora_block_is_adapter_configs_fields_plus_a_block_per_variant_with_opti
     from tests.adapters.helpers import builtin_variants
 
     config = training.default_config()
-    fields = {f.name for f in dataclasses.fields(jaxlora.AdapterConfig)} - {"options"}
+    fields = {f.name for f in dataclasses.fields(jaxlora.AdapterConfig)} - {"options", "layer_stacks"}  # the model's
     with_options = {n for n in builtin_variants() if dataclasses.fields(jaxlora.adapters.get_variant(n).Options)}
     assert with_options == {"mtlora", "condlora"}
     assert fields | with_options <= set(config.lora.keys())
