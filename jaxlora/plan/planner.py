@@ -94,6 +94,7 @@ class Plan(NamedTuple):
     flops_per_chip: float | None
     optimal_seconds: float | None
     mfu: float | None
+    mfu_basis: str  # "optimal" (the compiler's optimal seconds), "roofline" (its FLOPs and bytes), or ""
     matmul_form: str  # the adapted_matmul form kept ("plain" / "cpu"), or "same" when both trace alike
     params: dict  # frozen, trainable counts; quantized_kernel_bytes, kernel_bytes_unquantized (per chip)
     quantized_leaves: tuple[int, int]  # (quantized kernels, frozen leaves in all)
@@ -156,8 +157,7 @@ class Plan(NamedTuple):
             f"  compile: {self.compile_s:.1f} s; adapted_matmul form: {self.matmul_form}",
             *([f"  the compiler refused the program: {self.note}"] if self.note else []),
             f"  FLOPs per step: {_num(self.flops)} ({_num(self.flops_per_chip)} per chip)",
-            "  MFU estimate: " + (f"{self.mfu:.1%} (FLOPs / (peak x compiler's optimal {self.optimal_seconds * 1e3:.1f} ms))"
-                                  if self.mfu is not None else "n/a (the compiler gives no optimal-seconds estimate)"),
+            "  MFU estimate: " + _mfu_text(self),
         ]
         for a in self.advice:
             lines.append(f"  knob {a.knob:6s} {a.change:24s} -> {_gib(a.total_bytes)} per chip "
@@ -171,6 +171,15 @@ def _gib(n: float) -> str:
         if abs(n) >= scale / 10:
             return f"{n / scale:.2f} {unit}"
     return f"{n / 2**10:.1f} KiB"
+
+
+def _mfu_text(p: "Plan") -> str:
+    if p.mfu is None:
+        return "n/a (no usable FLOPs / time estimate from this compiler)"
+    if p.mfu_basis == "optimal":
+        return f"{p.mfu:.2%} (FLOPs / (peak x the compiler's optimal {p.optimal_seconds * 1e3:.1f} ms))"
+    return (f"{p.mfu:.2%} (roofline: the compiler's optimal seconds are unusable ({_num(p.optimal_seconds)}), so "
+            "FLOPs/peak over max(FLOPs/peak, bytes accessed/HBM bandwidth))")
 
 
 def _count_text(n: int) -> str:
@@ -636,15 +645,22 @@ def plan(model: str, topology: str, *, variant: str = "lora", rank: int = 16, ta
     cost = result.cost
     flops_chip = cost.get("flops")
     optimal = cost.get("optimal_seconds")
-    mfu = None
-    if flops_chip and optimal and kind == "tpu" and topology_spec.peak_flops:
-        mfu = float(flops_chip) / (topology_spec.peak_flops * float(optimal))
+    mfu, mfu_basis = None, ""
+    if flops_chip and kind == "tpu" and topology_spec.peak_flops:
+        if optimal and float(optimal) > 0:
+            mfu, mfu_basis = float(flops_chip) / (topology_spec.peak_flops * float(optimal)), "optimal"
+        elif cost.get("bytes accessed") and topology_spec.hbm_bandwidth:
+            # The compiler's optimal-seconds figure is unusable (negative on large programs): a roofline
+            # bound from its own FLOPs and bytes accessed instead, at the chip's peak and HBM bandwidth.
+            compute_s = float(flops_chip) / topology_spec.peak_flops
+            memory_s = float(cost["bytes accessed"]) / topology_spec.hbm_bandwidth
+            mfu, mfu_basis = compute_s / max(compute_s, memory_s), "roofline"
     frozen_count = _count(run.frozen) if not config.get("frozen_quant") else _count(models.abstract_params(run.module))
     return Plan(
         model=model, topology=topology_spec.name, compiled_for=kind, mesh=dict(run.mesh.shape), batch=(rows, length),
         fits=fits, hbm_bytes=hbm, per_chip_bytes=result.per_chip, argument_bytes=result.argument_bytes,
         compile_s=result.compile_s, flops=None if flops_chip is None else float(flops_chip) * len(devices),
-        flops_per_chip=None if flops_chip is None else float(flops_chip), optimal_seconds=optimal, mfu=mfu,
+        flops_per_chip=None if flops_chip is None else float(flops_chip), optimal_seconds=optimal, mfu=mfu, mfu_basis=mfu_basis,
         matmul_form=form, params={"frozen": frozen_count, "trainable": _count(run.state.trainable),
                                   **dict(zip(("quantized_kernel_bytes", "kernel_bytes_unquantized"),
                                              quantized_kernel_bytes(run)))},

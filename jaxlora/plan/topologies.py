@@ -49,6 +49,7 @@ class Topology(NamedTuple):
     hbm_bytes: int  # per chip
     peak_flops: float  # per chip, bf16 dense
     accelerator_type: str  # TPU_ACCELERATOR_TYPE of the slice ("v5litepod-8")
+    hbm_bandwidth: float = 0.0  # bytes/s per chip
 
     @property
     def hosts(self) -> int:
@@ -56,27 +57,28 @@ class Topology(NamedTuple):
         return max(1, self.chips // per_host)
 
 
-# Per chip (Cloud TPU documentation): v4 32 GiB / 275 TFLOP/s, v5e 16 GiB / 197, v5p 95 GiB / 459,
-# v6e (Trillium) 32 GiB / 918 (bf16). Slices: (chips, libtpu's layout, chips per host).
+# Per chip (Cloud TPU documentation): v4 32 GiB / 275 TFLOP/s / 1228 GB/s, v5e 16 GiB / 197 / 819,
+# v5p 95 GiB / 459 / 2765, v6e (Trillium) 32 GiB / 918 / 1640 (bf16). Slices: (chips, libtpu's layout, chips per host).
 _GENERATIONS = (
-    # name prefix, libtpu chip name, chip config, HBM, peak FLOP/s, TPU_ACCELERATOR_TYPE prefix, cores per chip
-    ("v5e", "v5e", "default", 16 * _GIB, 197e12, "v5litepod", 1,
+    # name prefix, libtpu chip name, chip config, HBM, peak FLOP/s, HBM bytes/s, TPU_ACCELERATOR_TYPE prefix,
+    # cores per chip, slices
+    ("v5e", "v5e", "default", 16 * _GIB, 197e12, 819e9, "v5litepod", 1,
      ((1, "1x1", (1, 1, 1)), (4, "2x2", (2, 2, 1)), (8, "2x4", (2, 4, 1)), (16, "4x4", (2, 2, 1)), (32, "4x8", (2, 2, 1)))),
-    ("v4", "v4", "megacore", 32 * _GIB, 275e12, "v4", 2, ((4, "2x2x1", (2, 2, 1)), (8, "2x2x2", (2, 2, 1)))),
-    ("v5p", "v5", "megacore", 95 * _GIB, 459e12, "v5p", 2,
+    ("v4", "v4", "megacore", 32 * _GIB, 275e12, 1228e9, "v4", 2, ((4, "2x2x1", (2, 2, 1)), (8, "2x2x2", (2, 2, 1)))),
+    ("v5p", "v5", "megacore", 95 * _GIB, 459e12, 2765e9, "v5p", 2,
      ((4, "2x2x1", (2, 2, 1)), (8, "2x2x2", (2, 2, 1)), (32, "2x4x4", (2, 2, 1)))),
-    ("v6e", "v6e", "default", 32 * _GIB, 918e12, "v6e", 1, ((1, "1x1", (1, 1, 1)), (8, "2x4", (2, 4, 1)))),
+    ("v6e", "v6e", "default", 32 * _GIB, 918e12, 1640e9, "v6e", 1, ((1, "1x1", (1, 1, 1)), (8, "2x4", (2, 4, 1)))),
 )
 
 
 def _table() -> dict[str, Topology]:
     # v4 and v5p slices are named by TensorCores (2 per chip, seen as one "megacore" device): v5p-8 is 4 chips.
     table = {}
-    for prefix, chip, chip_config, hbm, flops, accelerator, cores, slices in _GENERATIONS:
+    for prefix, chip, chip_config, hbm, flops, bandwidth, accelerator, cores, slices in _GENERATIONS:
         for chips, layout, per_host in slices:
             name = f"{prefix}-{chips * cores}"
             table[name] = Topology(name, f"{chip}:{layout}", chip_config, per_host, chips, hbm, flops,
-                                   f"{accelerator}-{chips * cores}")
+                                   f"{accelerator}-{chips * cores}", bandwidth)
     return table
 
 
