@@ -1,8 +1,9 @@
 """BERT and RoBERTa encoders in Flax Linen, parameter for parameter like transformers.
 
-One set of modules serves both families; :class:`EncoderSpec` records the few
-places where they differ (RoBERTa's position ids start after the padding index
-and its classification head is a two-layer MLP on the first token).
+One set of modules serves both families; each family record's :class:`EncoderOptions`
+says where they differ (RoBERTa's position ids start after the padding index, its
+task models drop the pooler, and its classification head is a two-layer MLP on the
+first token), and :class:`EncoderSpec` carries them to the modules.
 
 Parameter tree of a sequence classifier (``prefix`` is ``"bert"`` or
 ``"roberta"``; the base model has the same tree without the prefix)::
@@ -47,6 +48,32 @@ TASKS = ("base", "sequence_classification", "regression")
 
 
 @dataclasses.dataclass(frozen=True)
+class EncoderOptions:
+    """What a BERT-style family does its own way (the ``module_options`` of its family record).
+
+    Attributes:
+      positions: ``"absolute"`` (``0..L-1``, BERT) or ``"after_padding"`` (RoBERTa: non-pad
+        tokens counted from ``pad_token_id + 1``, see :func:`roberta_position_ids`).
+      task_pooler: whether task models keep the pooler (RoBERTa's classifiers drop it).
+      head: ``"pooled"`` (a dense classifier on the pooler output, BERT) or ``"first_token_mlp"``
+        (RoBERTa's ``dense -> tanh -> out_proj`` on the first token).
+
+    >>> get_family("roberta").module_options.positions, get_family("bert").module_options.head
+    ('after_padding', 'pooled')
+    """
+
+    positions: str = "absolute"
+    task_pooler: bool = True
+    head: str = "pooled"
+
+    def __post_init__(self):
+        for field, value, known in (("positions", self.positions, ("absolute", "after_padding")),
+                                    ("head", self.head, ("pooled", "first_token_mlp"))):
+            if value not in known:
+                raise ValueError(f"EncoderOptions.{field}={value!r}; choose one of {known}.")
+
+
+@dataclasses.dataclass(frozen=True)
 class EncoderSpec:
     """The hashable numbers a BERT/RoBERTa module needs (read from an HF config).
 
@@ -75,6 +102,7 @@ class EncoderSpec:
     param_dtype: Any = jnp.float32
     remat: str = "none"  # recompute each layer in the backward pass: "none", "full", "dots_saveable"
     scan_layers: bool = False  # run the layers as one nn.scan over stacked params (jaxlora.models.stack)
+    options: EncoderOptions = EncoderOptions()  # the family's own ways (its record's module_options)
 
     @property
     def prefix(self) -> str:
@@ -88,8 +116,8 @@ class EncoderSpec:
 
     @property
     def has_pooler(self) -> bool:
-        """HF's RobertaForSequenceClassification drops the pooler; every other model keeps it."""
-        return not (self.family == "roberta" and self.task != "base")
+        """Base models keep the pooler; task models when the family's options say so (RoBERTa's do not)."""
+        return self.task == "base" or self.options.task_pooler
 
     @classmethod
     def from_hf(cls, config, family: str, task: str, num_labels: int, dtype, param_dtype) -> "EncoderSpec":
@@ -131,6 +159,7 @@ class EncoderSpec:
             num_labels=num_labels,
             dtype=dtype,
             param_dtype=param_dtype,
+            options=get_family(family).module_options or EncoderOptions(),
         )
 
 
@@ -264,7 +293,7 @@ def backbone(spec: EncoderSpec, input_ids, attention_mask, token_type_ids, posit
     if token_type_ids is None:
         token_type_ids = jnp.zeros_like(input_ids)
     if position_ids is None:
-        if s.family == "roberta":
+        if s.options.positions == "after_padding":
             position_ids = roberta_position_ids(input_ids, s.pad_token_id)
         else:
             position_ids = jnp.arange(length)[None, :]
@@ -312,7 +341,7 @@ class EncoderClassifier(nn.Module):
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, deterministic=True):
         s = self.spec
         out = EncoderModel(s, name=s.prefix)(input_ids, attention_mask, token_type_ids, position_ids, deterministic)
-        if s.family == "roberta":
+        if s.options.head == "first_token_mlp":
             return RobertaClassificationHead(s, name="classifier")(out.last_hidden_state, deterministic)
         pooled = layers.module_dropout(self, out.pooler_output, s.classifier_dropout, deterministic)
         return layers.dense(s, s.num_labels, ("embed", "labels"), "classifier")(pooled, deterministic=deterministic)
@@ -386,6 +415,7 @@ BERT = register_family(ModelFamily(
     hf_types=(HFType("bert", "Bert", "BertTokenizer", _CONFIG_DEFAULTS),),
     prefix="bert",
     padded_embeddings=("word_embeddings",),
+    module_options=EncoderOptions(),
     **_ENCODER_FAMILY,
 ))
 
@@ -397,5 +427,6 @@ ROBERTA = register_family(ModelFamily(
     ),
     prefix="roberta",
     padded_embeddings=("word_embeddings", "position_embeddings"),
+    module_options=EncoderOptions(positions="after_padding", task_pooler=False, head="first_token_mlp"),
     **_ENCODER_FAMILY,
 ))

@@ -76,6 +76,9 @@ class ModelFamily:
       peft_task_types: jaxlora task -> PEFT ``task_type`` for adapters exported from this family.
       complete_config: ``complete_config(model_type, fields)`` fills fields transformers' config
         class derives from others (Llama's ``head_dim``), in place; ``None`` when there are none.
+      module_options: what the family's modules do differently from the other families built from
+        the same modules (a frozen dataclass of the family file's, e.g. RoBERTa's position ids and
+        head in :class:`jaxlora.models.bert.EncoderOptions`); ``None`` when there is nothing.
     """
 
     name: str
@@ -92,6 +95,7 @@ class ModelFamily:
     classifier_head: str | None = None
     peft_task_types: Mapping[str, str] = dataclasses.field(default_factory=dict)
     complete_config: Callable[[str, dict], None] | None = None
+    module_options: Any = None
 
     def __post_init__(self):
         if self.default_task not in self.tasks:

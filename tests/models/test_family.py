@@ -68,3 +68,24 @@ def test_records_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         get_family("bert").prefix = "encoder"
     assert isinstance(get_family("bert"), ModelFamily)
+
+
+def test_an_encoder_family_picks_its_positions_pooler_and_head_by_its_record_options():
+    from jaxlora.models.bert import EncoderOptions
+
+    # A BERT with RoBERTa's classification head and no pooler: options of the record, no code.
+    register_family(dataclasses.replace(
+        get_family("bert"), name="bert-mlp-head", hf_types=(HFType("bert-mlp-head", "BertMlpHead"),),
+        module_options=EncoderOptions(task_pooler=False, head="first_token_mlp"),
+    ))
+    try:
+        config = jm.tiny_config("bert")
+        config.model_type = "bert-mlp-head"
+        module, params = jm.from_config(config, task="sequence_classification")
+        assert sorted(params["classifier"]) == ["dense", "out_proj"] and "pooler" not in params["bert"]
+        assert module.spec.options.positions == "absolute"
+    finally:
+        unregister_family("bert-mlp-head")
+    assert get_family("roberta").module_options == EncoderOptions("after_padding", False, "first_token_mlp")
+    with pytest.raises(ValueError, match="EncoderOptions.head='mean'"):
+        EncoderOptions(head="mean")
