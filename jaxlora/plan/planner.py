@@ -177,7 +177,7 @@ def _mfu_text(p: "Plan") -> str:
     if p.mfu is None:
         return "n/a (no usable FLOPs / time estimate from this compiler)"
     if p.mfu_basis == "optimal":
-        return f"{p.mfu:.2%} (FLOPs / (peak x the compiler's optimal {p.optimal_seconds * 1e3:.1f} ms))"
+        return f"{p.mfu:.2%} (FLOPs / (peak x the compiler's optimal {p.optimal_seconds * 1e3:.3g} ms))"
     return (f"{p.mfu:.2%} (roofline: the compiler's optimal seconds are unusable ({_num(p.optimal_seconds)}), so "
             "FLOPs/peak over max(FLOPs/peak, bytes accessed/HBM bandwidth))")
 
