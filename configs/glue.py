@@ -45,7 +45,8 @@ import ml_collections
 
 from jaxlora.adapters import registered_variants
 from jaxlora.data import task_names
-from jaxlora.training.config import FULL_VARIANT, default_config, glue_dir_default
+from jaxlora.training.config import FULL_VARIANT, default_config
+from jaxlora.training.flags import glue_dir_default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

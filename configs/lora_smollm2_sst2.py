@@ -13,7 +13,8 @@ SST-2 from ``$GLUE_DIR``, with a CPU-sized budget; without it the same run reads
 
 import os
 
-from jaxlora.training.config import default_config, glue_dir_default
+from jaxlora.training.config import default_config
+from jaxlora.training.flags import glue_dir_default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -31,7 +31,8 @@ from jaxlora.tasks.glue import loss_fn
 from jaxlora.tasks.metrics import compute_metrics, primary_metric
 from jaxlora.training.assembly import Run, build
 from jaxlora.training.checkpoint import Checkpointer
-from jaxlora.training.config import FULL_VARIANT, adapter_config, default_config, flags_parser, validate
+from jaxlora.training.config import FULL_VARIANT, adapter_config, default_config, validate
+from jaxlora.training.flags import flags_parser
 from jaxlora.training.loop import DivergenceError, NonFiniteLossError, train
 from jaxlora.training.methods import FullFineTune, LowRank, TrainingMethod, as_method, method_from_config
 from jaxlora.training.optim import OptimizerSpec, linear_schedule, make_optimizer
