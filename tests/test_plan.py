@@ -18,6 +18,7 @@ import pytest
 from jaxlora import errors, models
 from jaxlora.plan import __main__ as plan_cli
 from jaxlora.plan import planner, topologies
+from jaxlora.plan import run as plan_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,7 +95,7 @@ def test_topology_table_matches_libtpu():
 def test_run_config_is_a_valid_training_config():
     config = planner.run_config("llama3-8b", planner.model_config("llama3-8b", layers=2), batch=(8, 2048),
                                 remat="full", mesh={"data": 2, "fsdp": 4})
-    planner._validated(config)
+    plan_run._validated(config)
     assert (config.task, config.batch_size, config.causal_lm.max_length) == ("causal_lm", 8, 2048)
     assert planner._remat_on(config) and not planner._remat_on(planner.run_config("x", planner.model_config("llama3-8b")))
     assert (config.mesh.data, config.mesh.fsdp, config.lora.rank) == (2, 4, 16)

@@ -20,7 +20,8 @@ docs/SCALE.md has the figures of Llama-3-8B/70B runs on v5e and v5p slices.
 8
 """
 
-from jaxlora.plan.planner import Advice, Plan, plan
+from jaxlora.plan.planner import plan
+from jaxlora.plan.report import Advice, Plan
 from jaxlora.plan.topologies import Topology
 
 __all__ = ["Advice", "Plan", "Topology", "plan"]

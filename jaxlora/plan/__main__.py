@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from jaxlora import errors
-    from jaxlora.plan import planner, topologies
+    from jaxlora.plan import planner, report, topologies
 
     try:
         if args.topology != "local":  # "local": this process's own devices (a GPU), used as JAX finds them
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(result.text(), flush=True)
     if args.json:
-        planner.write_json(result, args.json)
+        report.write_json(result, args.json)
         print(f"  wrote {args.json}")
     try:
         result.check()

@@ -7,7 +7,9 @@ scanned layers, quantised frozen weights, mesh), then the run's pieces exactly a
 ``jax.eval_shape``), the optimiser, the mesh over the slice's devices and every sharding
 (:func:`jaxlora.training.assembly.state_shardings`), and the jitted step itself
 (:func:`jaxlora.training.make_train_step`). Nothing is allocated and no checkpoint is read:
-only a config (:mod:`jaxlora.models.known_configs`, or a ``config.json``).
+only a config (:mod:`jaxlora.models.known_configs`, or a ``config.json``). The config and those
+abstract pieces are :mod:`jaxlora.plan.run`; the records this module fills, and their text and JSON forms,
+are :mod:`jaxlora.plan.report`.
 
 The step is lowered with those abstract arguments and compiled for the slice
 (:mod:`jaxlora.plan.topologies`). Per chip, from the compiled executable:
@@ -33,341 +35,25 @@ compiled figures, or measured by compiling each alternative (``advise="measure"`
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 import time
 from typing import Any, Mapping, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxlora import data as jdata
-from jaxlora import models, tasks
-from jaxlora.errors import ConfigError, DoesNotFitError
-from jaxlora.models.hf_config import read_config
-from jaxlora.models.known_configs import KNOWN_CONFIGS, known_config, known_names
+from jaxlora import models
 from jaxlora.nn import adapted_matmul
 from jaxlora.plan import topologies as topo_lib
-from jaxlora.training import assembly, optim
-from jaxlora.training import config as config_lib
-from jaxlora.training import sharding as sh
-from jaxlora.training.methods import method_from_config
-from jaxlora.training.step import TrainState, make_train_step
+from jaxlora.plan.report import Advice, Plan
+from jaxlora.plan.run import AbstractRun, _has_field, abstract_run, model_config, parse_batch, run_config
+from jaxlora.training.step import make_train_step
 
 __all__ = ["Plan", "Advice", "plan", "run_config", "parse_batch", "model_config"]
 
-_GIB = 2**30
-_ENCODER_TYPES = ("bert", "roberta", "xlm-roberta")
 # Bytes of a quantized kernel relative to bf16, scales included (block 64): what the estimates assume.
 _QUANT_RATIO = {"int8": 0.53, "nf4": 0.28}
-
-
-class Advice(NamedTuple):
-    """What one knob would change: the per-chip total with it, and whether that is measured or estimated."""
-
-    knob: str  # "remat", "quant", "fsdp", "batch"
-    change: str  # the flag that turns it on, e.g. "--remat full"
-    total_bytes: int
-    measured: bool
-
-    def saves(self, total: int) -> int:
-        return total - self.total_bytes
-
-
-class Plan(NamedTuple):
-    """The figures of one compiled plan (see the module docstring); ``to_json()`` is ``--json``'s content."""
-
-    model: str
-    topology: str
-    compiled_for: str  # "tpu" (libtpu's compiler), "cpu" (simulated devices) or "local <platform>"
-    mesh: dict
-    batch: tuple[int, int]
-    fits: bool
-    hbm_bytes: int
-    per_chip_bytes: dict  # frozen, adapter_and_optimizer, batch, temporaries, outputs, code, total
-    argument_bytes: int  # the compiler's argument size per chip (the three argument parts together)
-    compile_s: float
-    flops: float | None  # per step, every chip together
-    flops_per_chip: float | None
-    optimal_seconds: float | None
-    mfu: float | None
-    mfu_basis: str  # "optimal" (the compiler's optimal seconds), "roofline" (its FLOPs and bytes), or ""
-    matmul_form: str  # the adapted_matmul form kept ("plain" / "cpu"), or "same" when both trace alike
-    params: dict  # frozen, trainable counts; quantized_kernel_bytes, kernel_bytes_unquantized (per chip)
-    quantized_leaves: tuple[int, int]  # (quantized kernels, frozen leaves in all)
-    advice: tuple[Advice, ...]
-    note: str = ""  # the compiler's own out-of-memory message, when it refused the program
-
-    def to_json(self) -> dict:
-        """The issue's schema: fits, hbm_bytes, per_chip_bytes (frozen, adapter_and_optimizer, temporaries, total), compile_s, flops, topology, mesh."""
-        keys = ("frozen", "adapter_and_optimizer", "temporaries", "total")
-        return {
-            "fits": bool(self.fits), "hbm_bytes": int(self.hbm_bytes),
-            "per_chip_bytes": {k: int(self.per_chip_bytes[k]) for k in keys},
-            "compile_s": round(float(self.compile_s), 2), "flops": self.flops, "topology": self.topology,
-            "mesh": dict(self.mesh),
-        }
-
-    def best_advice(self) -> Advice | None:
-        return min(self.advice, key=lambda a: a.total_bytes) if self.advice else None
-
-    def check(self) -> "Plan":
-        """``self`` when it fits; otherwise :class:`~jaxlora.errors.DoesNotFitError` saying by how much and which knob saves most."""
-        if self.fits:
-            return self
-        total, hbm = self.per_chip_bytes["total"], self.hbm_bytes
-        message = (f"{self.model} does not fit {self.topology}: it needs {_gib(total)} per chip, the chip has "
-                   f"{_gib(hbm)} (over by {_gib(total - hbm)}).")
-        best = self.best_advice()
-        if best is None:
-            hint = "Every knob is already on; use a larger slice (more chips) or a smaller model."
-        else:
-            how = "measured" if best.measured else "estimated"
-            others = ", ".join(f"{a.knob} {_gib(a.saves(total))}" for a in self.advice if a is not best)
-            verdict = "fits" if best.total_bytes <= hbm else "still does not fit"
-            hint = (f"{best.change} saves most: {_gib(best.saves(total))} per chip ({how}; then {_gib(best.total_bytes)}, "
-                    f"{verdict})" + (f"; the others save {others}." if others else "."))
-        raise DoesNotFitError(message, hint)
-
-    def text(self) -> str:
-        """The human-readable report ``python -m jaxlora.plan`` prints."""
-        b = self.per_chip_bytes
-        mesh = " x ".join(f"{k}={v}" for k, v in self.mesh.items())
-        compiler = {"tpu": "the TPU compiler (libtpu)", "cpu": "XLA:CPU on simulated devices: an estimate of the TPU's figures"}.get(
-            self.compiled_for, f"this machine's own devices ({self.compiled_for.removeprefix('local ')})")
-        lines = [
-            f"plan: {self.model} on {self.topology} ({compiler}), mesh {mesh}, batch {self.batch[0]}x{self.batch[1]}",
-            f"  params: {_count_text(self.params['frozen'])} frozen, {_count_text(self.params['trainable'])} trainable"
-            + (f"; {self.quantized_leaves[0]} of {self.quantized_leaves[1]} frozen leaves quantized (the linear "
-               f"kernels: {_gib(self.params['quantized_kernel_bytes'])} per chip, "
-               f"{self.params['quantized_kernel_bytes'] / max(self.params['kernel_bytes_unquantized'], 1):.2f}x their "
-               "unquantized bytes; embeddings and norms as they were)" if self.quantized_leaves[0] else ""),
-            "  per chip:",
-            f"    arguments      {_gib(self.argument_bytes)}",
-            f"      frozen weights        {_gib(b['frozen'])}",
-            f"      adapter + optimizer   {_gib(b['adapter_and_optimizer'])}",
-            f"      batch                 {_gib(b['batch'])}",
-            f"    temporaries    {_gib(b['temporaries'])}",
-            f"    outputs (not aliased) + program  {_gib(b['outputs'] + b['code'])}",
-            f"    total          {_gib(b['total'])}   of {_gib(self.hbm_bytes)} HBM: "
-            + ("fits" if self.fits else f"DOES NOT FIT (over by {_gib(b['total'] - self.hbm_bytes)})"),
-            f"  compile: {self.compile_s:.1f} s; adapted_matmul form: {self.matmul_form}",
-            *([f"  the compiler refused the program: {self.note}"] if self.note else []),
-            f"  FLOPs per step: {_num(self.flops)} ({_num(self.flops_per_chip)} per chip)",
-            "  MFU estimate: " + _mfu_text(self),
-        ]
-        for a in self.advice:
-            lines.append(f"  knob {a.knob:6s} {a.change:24s} -> {_gib(a.total_bytes)} per chip "
-                         f"({'measured' if a.measured else 'estimate'})")
-        return "\n".join(lines)
-
-
-def _gib(n: float) -> str:
-    """Bytes in GiB, or MiB / KiB when small (tiny models have kilobytes per chip)."""
-    for unit, scale in (("GiB", _GIB), ("MiB", 2**20)):
-        if abs(n) >= scale / 10:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n / 2**10:.1f} KiB"
-
-
-def _mfu_text(p: "Plan") -> str:
-    if p.mfu is None:
-        return "n/a (no usable FLOPs / time estimate from this compiler)"
-    if p.mfu_basis == "optimal":
-        return f"{p.mfu:.2%} (FLOPs / (peak x the compiler's optimal {p.optimal_seconds * 1e3:.3g} ms))"
-    return (f"{p.mfu:.2%} (roofline: the compiler's optimal seconds are unusable ({_num(p.optimal_seconds)}), so "
-            "FLOPs/peak over max(FLOPs/peak, bytes accessed/HBM bandwidth))")
-
-
-def _count_text(n: int) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
-
-
-def _num(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3e}"
-
-
-# --------------------------------------------------------------------------------------------
-# The run's config
-
-
-def parse_batch(batch: str | tuple[int, int]) -> tuple[int, int]:
-    """``"8x2048"`` -> ``(8, 2048)``: global batch rows and tokens per row.
-
-    >>> parse_batch("8x2048"), parse_batch((1, 512))
-    ((8, 2048), (1, 512))
-    """
-    if isinstance(batch, str):
-        match = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+)\s*", batch)
-        if not match:
-            raise ConfigError(f"batch={batch!r} is not ROWSxTOKENS.", "Write it like 8x2048 (8 sequences of 2048 tokens).")
-        batch = (int(match.group(1)), int(match.group(2)))
-    rows, length = (int(v) for v in batch)
-    if rows < 1 or length < 2:
-        raise ConfigError(f"batch={rows}x{length}: rows must be >= 1 and tokens >= 2.", "Write it like 8x2048.")
-    return rows, length
-
-
-def model_config(model: str, layers: int | None = None):
-    """The HF config of ``model``: a known name (:mod:`jaxlora.models.known_configs`) or a folder / ``config.json``.
-
-    >>> model_config("llama3-8b", layers=2).num_hidden_layers
-    2
-    """
-    overrides = {} if layers is None else {"num_hidden_layers": int(layers)}
-    if model in KNOWN_CONFIGS:
-        return known_config(model, **overrides)
-    path = os.path.expanduser(model)
-    folder = os.path.dirname(path) if os.path.basename(path) == "config.json" else path
-    if not os.path.isfile(os.path.join(folder, "config.json")):
-        raise ConfigError(f"model={model!r} is neither a known config ({', '.join(known_names())}) nor a config.json.",
-                          "Pass one of the known names, or the path of a Hugging Face config.json (or its folder).")
-    config = read_config(folder)
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return config
-
-
-def _has_field(config, dotted: str) -> bool:
-    node = config
-    for part in dotted.split("."):
-        if part not in node:
-            return False
-        node = node[part]
-    return True
-
-
-def run_config(model: str, hf_config, *, variant: str = "lora", rank: int = 16, targets: Any = "all-linear",
-               batch: tuple[int, int] = (8, 2048), quant: str | None = None, remat: str | None = None,
-               scan: bool = False, mesh: Mapping[str, int] | None = None, dtype: str = "bfloat16",
-               quant_block_size: int = 64):
-    """The :func:`jaxlora.training.default_config` of the run a plan describes (the fields ``train.py`` reads).
-
-    Decoders train the ``causal_lm`` task on ``batch`` rows of that many tokens, encoders SST-2's
-    classification. ``mesh`` holds ``data``/``fsdp``/``tensor`` sizes (default: fsdp over every chip).
-    ``remat``, ``scan`` and ``quant`` set ``config.remat``, ``config.scan_layers`` and
-    ``config.frozen_quant``; one this jaxlora has no field for is refused.
-
-    >>> config = run_config("llama3-8b", model_config("llama3-8b"), batch=(8, 2048))
-    >>> config.task, config.causal_lm.max_length, config.lora.targets, config.mesh.fsdp
-    ('causal_lm', 2048, ('all-linear',), -1)
-    """
-    config = config_lib.default_config()
-    rows, length = batch
-    config.model = model
-    config.dtype = dtype
-    if hf_config.model_type in _ENCODER_TYPES:
-        config.task, config.max_length = "sst2", length
-        config.min_bucket = min(int(config.min_bucket), length)
-    else:
-        config.task = "causal_lm"
-        config.causal_lm.max_length, config.causal_lm.min_bucket = length, min(16, length)
-        config.lora.trainable = ()
-    config.batch_size = config.eval_batch_size = rows
-    config.optimizer.learning_rate = 1e-4
-    if variant == config_lib.FULL_VARIANT:
-        config.lora.variant = variant
-    else:
-        config.lora.variant, config.lora.rank, config.lora.alpha = variant, int(rank), float(2 * rank)
-        config.lora.targets = (targets,) if isinstance(targets, str) else tuple(targets)  # ("all-linear",) means it
-    mesh = dict(mesh or {"data": 1, "fsdp": -1, "tensor": 1})
-    for axis in ("data", "fsdp", "tensor"):
-        config.mesh[axis] = int(mesh.get(axis, 1))
-    wanted = {"scan_layers": (bool(scan), "--scan"), "frozen_quant": (quant or None, "--quant")}
-    for field, (value, flag) in wanted.items():
-        if _has_field(config, field):
-            if value:
-                config[field] = value
-                if field == "frozen_quant":
-                    config.frozen_quant_block_size = int(quant_block_size)
-        elif value:
-            raise ConfigError(f"config.{field} is not a field of this jaxlora's training config, so {flag} cannot "
-                              "be planned yet.", "Update jaxlora (scanned layers and quantised frozen weights are "
-                              "issue 14's), or drop the flag.")
-    if remat not in (None, "", "none"):
-        config.remat = True if isinstance(config.remat, bool) else str(remat)  # a bool before remat policies
-    return config
-
-
-def _validated(config) -> None:
-    # The mesh is checked against the slice's devices, not this process's: validate a copy with a mesh that fits here.
-    probe = config.copy_and_resolve_references()
-    probe.mesh.data, probe.mesh.fsdp, probe.mesh.tensor = -1, 1, 1
-    config_lib.validate(probe)
-
-
-# --------------------------------------------------------------------------------------------
-# The abstract run
-
-
-class AbstractRun(NamedTuple):
-    """A run's pieces on abstract leaves: what :func:`jaxlora.training.build` gives, without data or arrays."""
-
-    config: Any
-    task: Any
-    method: Any
-    module: Any
-    frozen: Any  # ShapeDtypeStructs
-    state: TrainState  # ShapeDtypeStructs
-    batch: dict  # ShapeDtypeStructs
-    optimizer: Any
-    mesh: jax.sharding.Mesh
-    shardings: Any
-
-
-def _float32(tree):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), tree)
-
-
-def _abstract_batch(task, rows: int, length: int) -> dict:
-    # A real batch of the task's schema (jaxlora.data.make_batch), full length, then only its shapes.
-    tokens = np.ones(rows * length, np.int32)
-    data = jdata.TokenizedDataset(tokens, np.ones(rows * length, np.int8), np.arange(rows + 1) * length,
-                                  np.zeros(rows, np.int32), np.arange(rows), pad_id=0, max_length=length)
-    batch = jdata.make_batch(data, np.arange(rows), rows, buckets=(length,))
-    return {k: jax.ShapeDtypeStruct(batch[k].shape, batch[k].dtype) for k in task.device_keys}
-
-
-def _quantized(config, frozen, adapter, layer_stacks=()):
-    # assembly.quantized_frozen, as build applies it, on abstract leaves.
-    if not config.get("frozen_quant"):
-        return frozen
-    return jax.eval_shape(lambda tree: assembly.quantized_frozen(config, tree, adapter, layer_stacks), frozen)
-
-
-def abstract_run(config, hf_config, devices) -> AbstractRun:
-    """The run of ``config`` on ``devices`` with abstract params (the model config is ``hf_config``)."""
-    _validated(config)
-    task = tasks.from_config(config)
-    head = task.model_head()
-    task_name = head["task"]
-    model_cfg = models.build.task_config(hf_config, task_name, head.get("num_labels"))
-    module = models.build_module(model_cfg, task_name, **assembly.model_options(config))
-    frozen = models.abstract_params(module)
-    method = method_from_config(config, module)  # a scanned model's adapter config names its layer stacks
-    adapter = jax.eval_shape(lambda key: method.initial(key, frozen), jax.random.key(0))
-    frozen = _quantized(config, frozen, adapter, models.layer_stacks(module))
-    trainable, fixed = _float32(adapter.trainable), _float32(adapter.fixed)
-    spec = optim.optimizer_spec(config, config_lib.learning_rate(config, task))
-    optimizer = optim.make_optimizer(spec, 1000)
-    try:
-        mesh = sh.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
-        assembly._check_batch_sizes(config, mesh)
-    except ValueError as err:
-        raise ConfigError(f"The mesh does not suit the slice: {err}",
-                          f"Choose data x fsdp x tensor = {len(devices)} chips, with the batch rows a multiple of data x fsdp.") from err
-    shardings = assembly.state_shardings(config, mesh, module, method, frozen, trainable, fixed, optimizer)
-    state = TrainState(
-        step=jax.ShapeDtypeStruct((), jnp.int32), trainable=trainable, fixed=fixed,
-        opt_state=jax.eval_shape(optimizer.init, trainable),
-        rng=jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))),
-    )
-    rows, length = config.batch_size, (config.causal_lm.max_length if config.task == "causal_lm" else config.max_length)
-    batch = _abstract_batch(task, int(rows), int(length))
-    return AbstractRun(config, task, method, module, frozen, state, batch, optimizer, mesh, shardings)
 
 
 # --------------------------------------------------------------------------------------------
@@ -667,12 +353,3 @@ def plan(model: str, topology: str, *, variant: str = "lora", rank: int = 16, ta
         quantized_leaves=_quant_counts(run.frozen),
         advice=tuple(advice), note=note,
     )
-
-
-def write_json(result: Plan, path: str) -> None:
-    """``--json FILE``: :meth:`Plan.to_json`, written whole or not at all."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as file:
-        json.dump(result.to_json(), file, indent=2)
-        file.write("\n")
-    os.replace(tmp, path)
