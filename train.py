@@ -146,6 +146,11 @@ def main(argv):
             raise
         sys.stderr.write(errors.one_line(user_error) + "\n")
         sys.exit(2)
+    finally:
+        # Everything is written (or the run stopped at a saved step). Python's shutdown puts the default
+        # handlers back, and a SIGTERM during JAX's teardown would then kill the process (exit -15) after
+        # the run's outcome is decided: keep such a late signal pending until the process has exited.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     if not main_process:
         return
     rate = results["train_examples_per_s"]  # None when every step compiled (a very short run)
