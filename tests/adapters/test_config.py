@@ -3,6 +3,8 @@
 import dataclasses
 import json
 
+import re
+
 import pytest
 
 import jaxlora
@@ -81,5 +83,9 @@ def test_describe_names_the_variant_and_its_options():
 def test_unknown_fields_and_variants_are_named():
     with pytest.raises(ValueError, match=r"Unknown AdapterConfig fields \['rnak'\]"):
         jaxlora.AdapterConfig.from_dict({"rnak": 8})
-    with pytest.raises(ValueError, match="Unknown adapter variant 'dora'; known variants: aonly, bonly, condlora, lora, mtlora"):
+    # Every registered variant is listed: the built-in five, and any registered from outside (importing the
+    # study runner registers its control variant, bonly_frame, for the whole test session).
+    known = sorted(jaxlora.adapters.base.registered_variants())
+    assert {"aonly", "bonly", "condlora", "lora", "mtlora"} <= set(known)
+    with pytest.raises(ValueError, match=re.escape(f"Unknown adapter variant 'dora'; known variants: {', '.join(known)}.")):
         jaxlora.adapters.get_variant("dora")
