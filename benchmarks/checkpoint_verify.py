@@ -18,10 +18,13 @@ import argparse
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's jaxlora
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -28,8 +28,11 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import sys
 import warnings
 from typing import Mapping, Optional, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's jaxlora
 
 import numpy as np
 

@@ -39,6 +39,8 @@ import sys
 import time
 from typing import NamedTuple, Optional, Sequence
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's jaxlora
+
 import numpy as np
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

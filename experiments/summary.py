@@ -16,7 +16,7 @@ import csv
 import json
 import math
 import os
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
