@@ -60,12 +60,13 @@ _QUANT_RATIO = {"int8": 0.53, "nf4": 0.28}
 # Compiling and reading the figures
 
 
+def _leaf_shard_bytes(leaf, sharding) -> int:
+    return math.prod(sharding.shard_shape(tuple(leaf.shape))) * np.dtype(leaf.dtype).itemsize
+
+
 def _shard_bytes(tree, shardings) -> int:
-    total = 0
-    for leaf, sharding in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)):
-        shape = sharding.shard_shape(tuple(leaf.shape))
-        total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
-    return int(total)
+    return int(sum(_leaf_shard_bytes(leaf, sharding)
+                   for leaf, sharding in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings))))
 
 
 def _cost(compiled) -> dict:
@@ -208,12 +209,10 @@ def _quant_counts(frozen) -> tuple[int, int]:
 
 def _kernel_bytes_per_chip(run: AbstractRun) -> int:
     # Frozen bytes a quantizer would shrink: every 2-D+ "kernel" leaf (embeddings and norms stay).
-    total = 0
-    for (path, leaf), sharding in zip(jax.tree_util.tree_flatten_with_path(run.frozen)[0],
-                                      jax.tree.leaves(run.shardings.frozen)):
-        if getattr(path[-1], "key", None) == "kernel" and len(leaf.shape) >= 2:
-            total += math.prod(sharding.shard_shape(tuple(leaf.shape))) * np.dtype(leaf.dtype).itemsize
-    return total
+    return sum(_leaf_shard_bytes(leaf, sharding)
+               for (path, leaf), sharding in zip(jax.tree_util.tree_flatten_with_path(run.frozen)[0],
+                                                 jax.tree.leaves(run.shardings.frozen))
+               if getattr(path[-1], "key", None) == "kernel" and len(leaf.shape) >= 2)
 
 
 def _remat_on(config) -> bool:
