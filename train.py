@@ -147,10 +147,12 @@ def main(argv):
         sys.stderr.write(errors.one_line(user_error) + "\n")
         sys.exit(2)
     finally:
-        # Everything is written (or the run stopped at a saved step). Python's shutdown puts the default
-        # handlers back, and a SIGTERM during JAX's teardown would then kill the process (exit -15) after
-        # the run's outcome is decided: keep such a late signal pending until the process has exited.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        # The run's outcome is decided (everything written, or stopped at a saved step). Python's shutdown
+        # puts SIG_DFL back for every signal that has a Python handler, and a SIGTERM during JAX's teardown
+        # would then kill the process (-15), whichever thread it reaches. An ignored signal stays ignored
+        # through shutdown, in every thread: a late signal changes nothing now.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
     if not main_process:
         return
     rate = results["train_examples_per_s"]  # None when every step compiled (a very short run)
