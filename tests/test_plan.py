@@ -134,3 +134,23 @@ def test_quantized_kernels_per_chip_drop_to_the_stated_ratio(kind, ratio):
     quantized, plain = planner.quantized_kernel_bytes(run)
     assert quantized / plain == pytest.approx(ratio, abs=0.005)
     assert planner._quant_counts(run.frozen)[0] == 2 * 7 + 1  # 7 linear kernels per layer, and the LM head
+
+
+def test_a_scanned_plan_counts_every_layers_flops(tmp_path):
+    # XLA's cost analysis counts a loop's body once: 4 scanned layers must still report the work of 4
+    # layers, which is the unrolled step's (the same math).
+    folder = tmp_path / "llama4"
+    models.tiny_config("llama", num_hidden_layers=4).save_pretrained(folder)
+    unrolled = planner.plan(str(folder), "v5e-1", rank=2, batch="2x16")
+    scanned = planner.plan(str(folder), "v5e-1", rank=2, batch="2x16", scan=True)
+    assert scanned.flops_basis == "scan_extrapolated" and unrolled.flops_basis == ""
+    assert scanned.flops == pytest.approx(unrolled.flops, rel=1e-6)
+    one_layer = planner.plan(str(folder), "v5e-1", rank=2, batch="2x16", layers=1)
+    assert scanned.flops > 3 * one_layer.flops  # not one layer's count
+    assert "counts a scanned loop once" in scanned.text()
+
+
+def test_full_fine_tuning_plans_with_every_parameter_trained(tiny_llama):
+    p = planner.plan(tiny_llama, "v5e-1", variant="full", batch="2x16")
+    assert p.per_chip_bytes["frozen"] == 0  # nothing frozen: the step takes no frozen argument
+    assert p.params["trainable"] == p.params["frozen"] > 0  # every parameter of the model is trained

@@ -50,10 +50,11 @@ class Plan(NamedTuple):
     mfu: float | None
     mfu_basis: str  # "optimal" (the compiler's optimal seconds), "roofline" (its FLOPs and bytes), or ""
     matmul_form: str  # the adapted_matmul form kept ("plain" / "cpu"), or "same" when both trace alike
-    params: dict  # frozen, trainable counts; quantized_kernel_bytes, kernel_bytes_unquantized (per chip)
+    params: dict  # frozen (the model's parameters), trainable counts; quantized_kernel_bytes, kernel_bytes_unquantized (per chip)
     quantized_leaves: tuple[int, int]  # (quantized kernels, frozen leaves in all)
     advice: tuple[Advice, ...]
     note: str = ""  # the compiler's own out-of-memory message, when it refused the program
+    flops_basis: str = ""  # "scan_extrapolated": a scanned step's FLOPs and bytes from its 1- and 2-layer unrolled slices
 
     def to_json(self) -> dict:
         """The issue's schema: fits, hbm_bytes, per_chip_bytes (frozen, adapter_and_optimizer, temporaries, total), compile_s, flops, topology, mesh."""
@@ -94,7 +95,7 @@ class Plan(NamedTuple):
             self.compiled_for, f"this machine's own devices ({self.compiled_for.removeprefix('local ')})")
         lines = [
             f"plan: {self.model} on {self.topology} ({compiler}), mesh {mesh}, batch {self.batch[0]}x{self.batch[1]}",
-            f"  params: {_count_text(self.params['frozen'])} frozen, {_count_text(self.params['trainable'])} trainable"
+            f"  params: {_count_text(self.params['frozen'])} in the model, {_count_text(self.params['trainable'])} trainable"
             + (f"; {self.quantized_leaves[0]} of {self.quantized_leaves[1]} frozen leaves quantized (the linear "
                f"kernels: {_gib(self.params['quantized_kernel_bytes'])} per chip, "
                f"{self.params['quantized_kernel_bytes'] / max(self.params['kernel_bytes_unquantized'], 1):.2f}x their "
@@ -110,7 +111,9 @@ class Plan(NamedTuple):
             + ("fits" if self.fits else f"DOES NOT FIT (over by {_gib(b['total'] - self.hbm_bytes)})"),
             f"  compile: {self.compile_s:.1f} s; adapted_matmul form: {self.matmul_form}",
             *([f"  the compiler refused the program: {self.note}"] if self.note else []),
-            f"  FLOPs per step: {_num(self.flops)} ({_num(self.flops_per_chip)} per chip)",
+            f"  FLOPs per step: {_num(self.flops)} ({_num(self.flops_per_chip)} per chip)"
+            + (" (the compiler counts a scanned loop once: every layer's work from the 1- and 2-layer unrolled "
+               "slices)" if self.flops_basis == "scan_extrapolated" else ""),
             "  MFU estimate: " + _mfu_text(self),
         ]
         for a in self.advice:
@@ -132,7 +135,9 @@ def _mfu_text(p: "Plan") -> str:
         return "n/a (no usable FLOPs / time estimate from this compiler)"
     if p.mfu_basis == "optimal":
         return f"{p.mfu:.2%} (FLOPs / (peak x the compiler's optimal {p.optimal_seconds * 1e3:.3g} ms))"
-    return (f"{p.mfu:.2%} (roofline: the compiler's optimal seconds are unusable ({_num(p.optimal_seconds)}), so "
+    why = ("are a scanned loop's, counted once" if p.flops_basis == "scan_extrapolated"
+           else f"are unusable ({_num(p.optimal_seconds)})")
+    return (f"{p.mfu:.2%} (roofline: the compiler's optimal seconds {why}, so "
             "FLOPs/peak over max(FLOPs/peak, bytes accessed/HBM bandwidth))")
 
 

@@ -207,4 +207,6 @@ def abstract_run(config, hf_config, devices) -> AbstractRun:
     )
     rows, length = config.batch_size, (config.causal_lm.max_length if config.task == "causal_lm" else config.max_length)
     batch = _abstract_batch(task, int(rows), int(length))
+    # The step's frozen argument, as training passes it: none for full fine-tuning (all of it is trained).
+    frozen = method.device_frozen(frozen)
     return AbstractRun(config, task, method, module, frozen, state, batch, optimizer, mesh, shardings)
