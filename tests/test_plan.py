@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from jaxlora import errors, models
+from jaxlora.nn.quantize import is_quantized
 from jaxlora.plan import __main__ as plan_cli
 from jaxlora.plan import planner, topologies
 from jaxlora.plan import run as plan_run
@@ -133,7 +134,8 @@ def test_quantized_kernels_per_chip_drop_to_the_stated_ratio(kind, ratio):
     run = planner.abstract_run(planner.run_config("tiny", hf, rank=2, batch=(2, 16), quant=kind), hf, jax.devices()[:1])
     quantized, plain = planner.quantized_kernel_bytes(run)
     assert quantized / plain == pytest.approx(ratio, abs=0.005)
-    assert planner._quant_counts(run.frozen)[0] == 2 * 7 + 1  # 7 linear kernels per layer, and the LM head
+    assert planner._quant_counts(run.frozen)[0] == 2 * 7  # 7 linear kernels per layer; the LM head stays bf16
+    assert not is_quantized(run.frozen["lm_head"]["kernel"])
 
 
 def test_a_scanned_plan_counts_every_layers_flops(tmp_path):

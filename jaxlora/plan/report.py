@@ -99,7 +99,7 @@ class Plan(NamedTuple):
             + (f"; {self.quantized_leaves[0]} of {self.quantized_leaves[1]} frozen leaves quantized (the linear "
                f"kernels: {_gib(self.params['quantized_kernel_bytes'])} per chip, "
                f"{self.params['quantized_kernel_bytes'] / max(self.params['kernel_bytes_unquantized'], 1):.2f}x their "
-               "unquantized bytes; embeddings and norms as they were)" if self.quantized_leaves[0] else ""),
+               "unquantized bytes; the LM head, embeddings and norms as they were)" if self.quantized_leaves[0] else ""),
             "  per chip:",
             f"    arguments      {_gib(self.argument_bytes)}",
             f"      frozen weights        {_gib(b['frozen'])}",

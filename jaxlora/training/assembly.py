@@ -120,19 +120,26 @@ def quantized_frozen(config, frozen, adapter: Adapter, layer_stacks: Sequence[st
     """``config.frozen_quant``: the frozen kernels as :func:`jaxlora.quantize` nodes (QLoRA); ``frozen`` when unset.
 
     Leaves trained in full (the task head) keep their dtype: they are copied into the adapter and trained.
+    So do the output heads that ``all-linear`` leaves alone (``config.lora.exclude``: the LM head), as
+    bitsandbytes' QLoRA keeps the output layer: dequantized, a 128k-vocabulary head is a 1-2 GiB copy
+    that the backward pass needs again, outside the remat'd layers (docs/SCALE.md, row 4h: Llama-3-8B
+    on one v5e chip needs 13.48 GiB with the head in bf16, 15.69 GiB with it in nf4).
     Traceable: ``jaxlora.plan`` runs it under ``jax.eval_shape`` on abstract params. A scanned model's
     stacks (``models.layer_stacks(module)``) are quantized layer by layer and stacked again, so every
     array of a stacked node has the layer axis and its metadata is one layer's.
     """
     if config.frozen_quant is None:
         return frozen
+    adapter_config = config_lib.adapter_config(config)
+    heads = tuple(adapter_config.exclude) if adapter_config is not None else ()
     trained_in_full = tuple(join(path) for path in flatten(adapter.trainable.get("full", {})))
+    keep = trained_in_full + heads
     try:
         if layer_stacks:
             per_layer = jaxlora.quantize(unstack_layers(frozen, layer_stacks), config.frozen_quant,
-                                         int(config.frozen_quant_block_size), skip=trained_in_full)
+                                         int(config.frozen_quant_block_size), skip=keep)
             return stack_layers(per_layer, layer_stacks)
-        return jaxlora.quantize(frozen, config.frozen_quant, int(config.frozen_quant_block_size), skip=trained_in_full)
+        return jaxlora.quantize(frozen, config.frozen_quant, int(config.frozen_quant_block_size), skip=keep)
     except ValueError as err:
         raise ConfigError(
             f"config.frozen_quant={config.frozen_quant!r} cannot quantize this model: {err}",
