@@ -191,6 +191,8 @@ def _scanned_cost(cost: dict, layers: int, slice_cost) -> dict:
     13.0
     """
     one, two = slice_cost(1), slice_cost(2)
+    if "flops" not in one or "flops" not in two:  # a slice the compiler refused: nothing to extrapolate from
+        return cost
     out = dict(cost)
     for key in _EXTENSIVE_COSTS:
         if key in one and key in two:
