@@ -192,7 +192,7 @@ def abstract_run(config, hf_config, devices) -> AbstractRun:
     frozen = _quantized(config, frozen, adapter, models.layer_stacks(module))
     trainable, fixed = _float32(adapter.trainable), _float32(adapter.fixed)
     spec = optim.optimizer_spec(config, config_lib.learning_rate(config, task))
-    optimizer = optim.make_optimizer(spec, 1000)
+    optimizer = optim.make_optimizer(spec, 1000, models.layer_stacks(module))
     try:
         mesh = sh.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
         assembly._check_batch_sizes(config, mesh)

@@ -184,7 +184,15 @@ def state_shardings(config, mesh, module, method: TrainingMethod, frozen, traina
     )
     rep = sh.replicated(mesh)
     opt_shapes = jax.eval_shape(optimizer.init, trainable)
-    opt_sh = sh.like_params(opt_shapes, trainable, trainable_sh, mesh)
+    # A scanned model's optimiser keeps its moments stacked (optim.over_layer_stacks): they are placed
+    # like the factors they follow, with the layer axis unsplit.
+    stacks = models.layer_stacks(module)
+    stack = lambda tree: optim.stacked_lowrank(tree, stacks)[0]  # noqa: E731
+    stacked_trainable = jax.eval_shape(stack, trainable)
+    if jax.tree.structure(stacked_trainable) != jax.tree.structure(trainable):
+        opt_sh = sh.like_params(opt_shapes, stacked_trainable, sh.stacked_like(trainable_sh, stack), mesh)
+    else:
+        opt_sh = sh.like_params(opt_shapes, trainable, trainable_sh, mesh)
     state_sh = TrainState(step=rep, trainable=trainable_sh, fixed=fixed_sh, opt_state=opt_sh, rng=rep)
     # The whole frozen tree, or nothing (full fine-tuning: the model lives in the trainable state).
     frozen_sh = full_sh if method.device_frozen(frozen) else {}
@@ -234,7 +242,7 @@ def build(config) -> Run:
     if config.max_steps > 0:
         total = min(total, int(config.max_steps))
     spec = optim.optimizer_spec(config, config_lib.learning_rate(config, task))
-    optimizer = optim.make_optimizer(spec, total)
+    optimizer = optim.make_optimizer(spec, total, models.layer_stacks(module))
 
     mesh = sh.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     _check_batch_sizes(config, mesh)

@@ -18,12 +18,16 @@ Weight decay is decoupled (adamw) and applies to matrices only, never to biases 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import jax
 import optax
 
-__all__ = ["GROUPS", "OptimizerSpec", "linear_schedule", "group_labels", "make_optimizer", "optimizer_spec"]
+from jaxlora.adapters.stacks import stack_layers, stack_paths, unstack_layers
+from jaxlora.errors import ConfigError
+
+__all__ = ["GROUPS", "OptimizerSpec", "linear_schedule", "group_labels", "make_optimizer", "optimizer_spec",
+           "over_layer_stacks", "stacked_lowrank", "unstacked_lowrank"]
 
 GROUPS = ("lowrank", "full")
 
@@ -103,17 +107,102 @@ def group_labels(trainable: dict) -> dict:
     return {group: jax.tree.map(lambda _, g=group: g, subtree) for group, subtree in trainable.items()}
 
 
-def _decay_mask(tree):
-    # Decoupled weight decay on matrices only: biases, norm scales and vectors are not decayed.
-    return jax.tree.map(lambda x: x.ndim >= 2, tree)
+def _decay_mask(layer_stacks: Sequence[str] = ()):
+    """Decoupled weight decay on matrices only: biases, norm scales and vectors are not decayed.
+
+    A leaf under a layer stack carries a leading layer axis, which does not make a vector a matrix.
+    """
+    stacks = stack_paths(layer_stacks)
+
+    def stacked(keys: tuple) -> bool:
+        return any(keys[i:i + len(s)] == s for s in stacks for i in range(len(keys) - len(s) + 1))
+
+    def mask(tree):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, x: x.ndim - stacked(tuple(getattr(k, "key", k) for k in path)) >= 2, tree)
+
+    return mask
 
 
-def _adamw(spec: OptimizerSpec, schedule: optax.Schedule) -> optax.GradientTransformation:
-    return optax.adamw(schedule, b1=spec.b1, b2=spec.b2, eps=spec.eps, weight_decay=spec.weight_decay, mask=_decay_mask)
+def _adamw(spec: OptimizerSpec, schedule: optax.Schedule, layer_stacks: Sequence[str]) -> optax.GradientTransformation:
+    return optax.adamw(schedule, b1=spec.b1, b2=spec.b2, eps=spec.eps, weight_decay=spec.weight_decay,
+                       mask=_decay_mask(layer_stacks))
 
 
-def make_optimizer(spec: OptimizerSpec, total_steps: int) -> optax.GradientTransformation:
+def stacked_lowrank(tree: dict, layer_stacks: Sequence[str]) -> tuple[dict, bool]:
+    """``(tree with its per-layer "lowrank" leaves stacked, whether any were)``: the layout the optimiser runs on.
+
+    A scanned model's adapter stays per layer (``layers_0/...``, ``layers_1/...``: the tree checkpoints
+    and exports see); stacked, the layer stack's ``L`` leaves of one kind are one leaf with a layer axis.
+    An adapter that does not cover every layer of a stack alike stays as it is.
+
+    >>> import numpy as np
+    >>> tree = {"lowrank": {"layers_0": {"a": np.zeros(2)}, "layers_1": {"a": np.ones(2)}}, "full": {}}
+    >>> stacked, ok = stacked_lowrank(tree, ("layers",))
+    >>> ok, stacked["lowrank"]["layers"]["a"].shape, stacked["full"]
+    (True, (2, 2), {})
+    """
+    if not layer_stacks or not tree.get("lowrank"):
+        return tree, False
+    try:
+        return {**tree, "lowrank": stack_layers(tree["lowrank"], layer_stacks)}, True
+    except ConfigError:  # no per-layer leaves under a stack, or layers that differ: nothing to stack
+        return tree, False
+
+
+def unstacked_lowrank(tree: dict, layer_stacks: Sequence[str]) -> dict:
+    """The inverse of :func:`stacked_lowrank` (for a tree it stacked).
+
+    >>> import numpy as np
+    >>> tree = {"lowrank": {"layers_0": {"a": np.zeros(2)}, "layers_1": {"a": np.ones(2)}}, "full": {}}
+    >>> unstacked_lowrank(stacked_lowrank(tree, ("layers",))[0], ("layers",))["lowrank"]["layers_1"]["a"].tolist()
+    [1.0, 1.0]
+    """
+    return {**tree, "lowrank": unstack_layers(tree["lowrank"], layer_stacks)}
+
+
+def over_layer_stacks(tx: optax.GradientTransformation, layer_stacks: Sequence[str]) -> optax.GradientTransformation:
+    """``tx`` run on :func:`stacked_lowrank`'s layout: one leaf per kind of factor instead of one per layer.
+
+    Elementwise optimisers (adamw) and global-norm clipping give the same numbers in either layout,
+    but their program grows with the number of leaves: on a scanned 30-layer SmolLM2 with LoRA on
+    every linear layer (420 factors) the train step compiled in 44 s against 15 s for the gradients
+    alone. Stacked, the update is one program whatever the depth. The moments are stored stacked
+    (the optimiser state is the optimiser's own); parameters and updates keep the per-layer tree.
+    Trees already stacked pass through as they are (the train step hands it stacked ones).
+
+    >>> import jax.numpy as jnp
+    >>> params = {"lowrank": {"layers_0": {"a": jnp.ones(2)}, "layers_1": {"a": jnp.ones(2)}}, "full": {}}
+    >>> tx = over_layer_stacks(optax.adam(0.1), ("layers",))
+    >>> state = tx.init(params)
+    >>> state[0].mu["lowrank"]["layers"]["a"].shape                  # the moments: one stacked leaf
+    (2, 2)
+    >>> updates, _ = tx.update(params, state, params)
+    >>> sorted(updates["lowrank"]), updates["lowrank"]["layers_1"]["a"].shape   # updates: per layer
+    (['layers_0', 'layers_1'], (2,))
+    """
+    if not layer_stacks:
+        return tx
+
+    def init(params):
+        return tx.init(stacked_lowrank(params, layer_stacks)[0])
+
+    def update(updates, state, params=None):
+        stacked, ok = stacked_lowrank(updates, layer_stacks)
+        if params is not None:
+            params = stacked_lowrank(params, layer_stacks)[0]
+        new, state = tx.update(stacked, state, params)
+        return (unstacked_lowrank(new, layer_stacks) if ok else new), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(spec: OptimizerSpec, total_steps: int,
+                   layer_stacks: Sequence[str] = ()) -> optax.GradientTransformation:
     """adamw (+ optional global-norm clipping) with the linear schedule, per-group rates when they differ.
+
+    ``layer_stacks`` (``jaxlora.models.layer_stacks(module)`` of a scanned model) runs it on the
+    stacked layout (:func:`over_layer_stacks`) and keeps stacked vectors out of the weight decay.
 
     >>> import jax.numpy as jnp
     >>> tx = make_optimizer(OptimizerSpec(1e-3, full_learning_rate=1e-4), total_steps=500)
@@ -124,15 +213,16 @@ def make_optimizer(spec: OptimizerSpec, total_steps: int) -> optax.GradientTrans
     warmup = int(round(spec.warmup_ratio * total_steps))
     rates = {group: spec.group_rate(group) for group in GROUPS}
     if rates["lowrank"] == rates["full"]:
-        tx = _adamw(spec, linear_schedule(rates["lowrank"], total_steps, warmup))
+        tx = _adamw(spec, linear_schedule(rates["lowrank"], total_steps, warmup), layer_stacks)
     else:
         tx = optax.multi_transform(
-            {group: _adamw(spec, linear_schedule(rate, total_steps, warmup)) for group, rate in rates.items()},
+            {group: _adamw(spec, linear_schedule(rate, total_steps, warmup), layer_stacks)
+             for group, rate in rates.items()},
             group_labels,
         )
     if spec.clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(spec.clip_norm), tx)
-    return tx
+    return over_layer_stacks(tx, layer_stacks)
 
 
 def schedule_of(spec: OptimizerSpec, total_steps: int, group: str = "lowrank") -> optax.Schedule:

@@ -380,6 +380,30 @@ def like_params(abstract_state: Any, params: Any, param_shardings: Any, mesh: Me
     return jax.tree_util.tree_map_with_path(place, abstract_state)
 
 
+def stacked_like(shardings: Any, stack) -> Any:
+    """The shardings of ``stack(tree)`` from those of ``tree``: a leaf that ``stack`` gives a leading
+    (layer) axis gets its first layer's sharding with that axis unsplit; others keep theirs.
+
+    ``stack`` is the function that stacks the tree (``optim.stacked_lowrank``'s), run here on index
+    stand-ins, so the leaves it groups are exactly the ones it stacks.
+
+    >>> mesh = make_mesh()
+    >>> stack = lambda t: {"l": {"w": np.stack([t["l_0"]["w"], t["l_1"]["w"]])}}
+    >>> stacked_like({"l_0": {"w": replicated(mesh)}, "l_1": {"w": replicated(mesh)}}, stack)["l"]["w"].spec
+    P(None,)
+    """
+    leaves, treedef = jax.tree.flatten(shardings)
+    stacked = stack(jax.tree.unflatten(treedef, [np.array([i]) for i in range(len(leaves))]))
+
+    def sharding_of(index: np.ndarray):
+        first = leaves[int(index.reshape(-1)[0])]
+        if index.ndim == 1:
+            return first
+        return NamedSharding(first.mesh, PartitionSpec(None, *first.spec))
+
+    return jax.tree.map(sharding_of, stacked)
+
+
 def put_tree(tree: Any, shardings: Any) -> Any:
     """``jax.device_put`` of a host tree onto its shardings (works multi-process: every host holds it whole).
 

@@ -50,6 +50,7 @@ import jaxlora
 from jaxlora import data as jdata
 from jaxlora import models, tasks
 from jaxlora.adapters.config import AdapterConfig
+from jaxlora.training import optim
 from jaxlora.training import sharding as sh
 from jaxlora.training.methods import LowRank, TrainingMethod, as_method
 
@@ -108,12 +109,15 @@ def make_train_step(module, method: TrainingMethod | AdapterConfig | None, optim
                     task: tasks.Task, shardings: StateShardings) -> Callable:
     """``step(state, frozen, batch) -> (state, {"loss", "grad_norm", "params_finite"})``, jitted, explicitly sharded.
 
-    The state is donated (updated in place); ``frozen`` is not. ``task.loss`` is the loss.
+    The state is donated (updated in place); ``frozen`` is not. ``task.loss`` is the loss. For a scanned
+    ``module``, the optimiser's state is in the stacked layout: build it with
+    ``make_optimizer(spec, steps, models.layer_stacks(module))``, as :func:`jaxlora.training.build` does.
 
     The module docstring runs one; in a run, ``make_train_step(run.module, run.method, run.optimizer,
     run.task, run.shardings)`` is the loop's step (``run`` from :func:`jaxlora.training.build`).
     """
     method = as_method(method)
+    stacks = models.layer_stacks(module)
 
     def step(state: TrainState, frozen, batch):
         dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -124,11 +128,17 @@ def make_train_step(module, method: TrainingMethod | AdapterConfig | None, optim
             return task.loss(outputs, batch)
 
         loss, grads = jax.value_and_grad(loss_of)(state.trainable)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
-        trainable = optax.apply_updates(state.trainable, updates)
-        new_state = state._replace(step=state.step + 1, trainable=trainable, opt_state=opt_state)
+        # A scanned model's per-layer adapter is updated stacked (optim.over_layer_stacks): the update, the
+        # norm and the finite check are then one program whatever the depth, not one per layer's factor.
+        grads, _ = optim.stacked_lowrank(grads, stacks)
+        trainable, stacked = optim.stacked_lowrank(state.trainable, stacks)
+        updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
         # One pass over the (small) trainable tree, so a non-finite update is caught before it is saved.
-        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "params_finite": _all_finite(trainable)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "params_finite": _all_finite(trainable)}
+        if stacked:
+            trainable = optim.unstacked_lowrank(trainable, stacks)
+        return state._replace(step=state.step + 1, trainable=trainable, opt_state=opt_state), metrics
 
     rep = shardings.replicated
     return jax.jit(
