@@ -264,7 +264,7 @@ def find_targets(frozen: Mapping[str, Any] | Mapping[Path, Any], config: Adapter
             rank=rank,
             alpha=alpha,
             scale=config.scale_for(rank, alpha),
-            group=str(path[-1]),
+            group=str(path[-1]) if path else "",  # a bare layer (its own params at the root) has no name
             kernel_shape=kernel_shape,
             in_dims=in_dims,
             out_dims=out_dims,

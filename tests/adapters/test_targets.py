@@ -118,3 +118,22 @@ def test_unreadable_kernel_names_the_layer_and_its_shape_and_kernel_axes_fixes_i
         find_targets(frozen, cfg.replace(kernel_axes={"o_proj": 3, "q_proj": 1}))
     with pytest.raises(ValueError, match=r"kernel axis 'n' is also an input and output axis"):
         find_targets(frozen, cfg.replace(kernel_axes={"o_proj": "btnh,nhd->btnd", "q_proj": 1}))
+
+
+@pytest.mark.parametrize("variant", ["lora", "condlora", "bonly"])
+def test_a_bare_layer_whose_params_are_the_root_is_a_target(variant):
+    # nn.Dense(...).init(...)["params"] is {"kernel", "bias"}: the one module has the empty path.
+    import flax.linen as nn
+    import jax.numpy as jnp
+    import numpy as np
+
+    layer, x = nn.Dense(4), jnp.ones((2, 4))
+    frozen = layer.init(jax.random.key(0), x)["params"]
+    cfg = jaxlora.AdapterConfig(variant, rank=2, targets="all-linear")
+    adapter = jaxlora.init(jax.random.key(1), frozen, cfg)
+    adapter = adapter._replace(trainable=jax.tree.map(lambda t: t + 0.1, adapter.trainable))  # off zero-init
+    with jaxlora.intercept():
+        factored = layer.apply({"params": jaxlora.apply(frozen, adapter, cfg)}, x)
+    merged = layer.apply({"params": jaxlora.merge(frozen, adapter, cfg)}, x)
+    np.testing.assert_allclose(factored, merged, atol=1e-6)
+    assert not np.allclose(merged, layer.apply({"params": frozen}, x))  # the adapter did change the layer
