@@ -85,7 +85,7 @@ class CondLoRA(Variant):
     >>> cfg = jaxlora.AdapterConfig("condlora", rank=2, targets=("query", "intermediate"))
     >>> jaxlora.init(jax.random.key(0), frozen, cfg)
     Traceback (most recent call last):
-    ValueError: CondLoRA (paper form) needs square weights, but the 'intermediate' modules have shape (6, 12). Target square modules (e.g. query, value), or set the option rectangular=True (options={'rectangular': True}) for jaxlora's documented rectangular extension.
+    ValueError: CondLoRA (paper form) needs square weights, but the 'intermediate' modules have shape (6, 12). Target modules with square weights (BERT's query and value; with grouped-query attention q_proj and o_proj, not k_proj or v_proj), or set the option rectangular=True (options={'rectangular': True}) for jaxlora's documented rectangular extension.
     >>> adapter = jaxlora.init(jax.random.key(0), frozen, cfg.replace(options={"rectangular": True}))
     >>> adapter.trainable["lowrank"]["intermediate"]["theta_a"].shape   # phi_a: (r, d_out)
     (2, 12)
@@ -107,7 +107,8 @@ class CondLoRA(Variant):
             if d_in != d_out and not config.options.rectangular:
                 raise ValueError(
                     f"CondLoRA (paper form) needs square weights, but the {group!r} modules have shape "
-                    f"({d_in}, {d_out}). Target square modules (e.g. query, value), or set the option "
+                    f"({d_in}, {d_out}). Target modules with square weights (BERT's query and value; with grouped-query "
+                    f"attention q_proj and o_proj, not k_proj or v_proj), or set the option "
                     f"rectangular=True (options={{'rectangular': True}}) for jaxlora's documented "
                     f"rectangular extension."
                 )
