@@ -8,6 +8,9 @@ The two top-level groups may train at different rates (``optax.multi_transform``
 label of each leaf): a low-rank adapter often wants a larger rate than the head it trains with.
 Weight decay is decoupled (adamw) and applies to matrices only, never to biases and norm scales.
 
+A scanned model (``layer_stacks``) keeps its adapter per layer, but the optimiser runs on the factors
+stacked over layers (:func:`over_layer_stacks`), so its program does not grow with depth.
+
 >>> import jax.numpy as jnp
 >>> trainable = {"lowrank": {"a": jnp.ones((4, 2))}, "full": {"bias": jnp.zeros(2)}}
 >>> tx = make_optimizer(OptimizerSpec(learning_rate=1e-3), total_steps=1000)
