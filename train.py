@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 # Until jaxlora's handlers are installed (importing JAX takes seconds), a signal is only noted, so an
 # interrupt at any point ends the same way: exit 130, never a traceback from inside an import.
@@ -49,21 +50,33 @@ class _OneLineBackgroundErrors(logging.Filter):
     user's (a full disk) and with its traceback when it is a bug, so each log record keeps its first line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info:
+        # The formatted message is cut, not just the format string: orbax logs "... raised an exception: %s"
+        # with an exception whose text can hold another thread's traceback.
+        message = record.getMessage()
+        if record.exc_info or "Traceback (most recent call last)" in message:
             record.exc_info, record.exc_text = None, None
-            record.msg = str(record.msg).splitlines()[0] if record.msg else record.msg
+            record.msg, record.args = (message.splitlines() or [""])[0], ()
         return True
 
 
 def _quiet_closed_event_loop(hook):
     """After a background write failed, tensorstore's callbacks hit orbax's closed asyncio loop and print
-    (through sys.excepthook or sys.unraisablehook) one "Event loop is closed" traceback each: noise, since
+    (through sys.excepthook, threading.excepthook or sys.unraisablehook) one "Event loop is closed" traceback each: noise, since
     the cause is reported as one line."""
 
     def excepthook(kind, value, tb):
         if kind is RuntimeError and str(value) == "Event loop is closed":
             return
         hook(kind, value, tb)
+
+    return excepthook
+
+
+def _quiet_closed_event_loop_thread(hook):
+    def excepthook(args):
+        if args.exc_type is RuntimeError and str(args.exc_value) == "Event loop is closed":
+            return
+        hook(args)
 
     return excepthook
 
@@ -131,6 +144,7 @@ def main(argv):
         absl_logging.get_absl_handler().addFilter(_OneLineBackgroundErrors())
         sys.excepthook = _quiet_closed_event_loop(sys.excepthook)
         sys.unraisablehook = _quiet_closed_event_loop_unraisable(sys.unraisablehook)
+        threading.excepthook = _quiet_closed_event_loop_thread(threading.excepthook)
     interrupts.install()  # SIGINT and SIGTERM (preemption) set a flag; the loop stops between steps and saves
     for signum in _EARLY_SIGNALS[:1]:
         interrupts.record(signum)
