@@ -59,33 +59,33 @@ class _OneLineBackgroundErrors(logging.Filter):
         return True
 
 
-def _quiet_closed_event_loop(hook):
+def _closed_event_loop(value: BaseException | None) -> bool:
     """After a background write failed, tensorstore's callbacks hit orbax's closed asyncio loop and print
-    (through sys.excepthook, threading.excepthook or sys.unraisablehook) one "Event loop is closed" traceback each: noise, since
-    the cause is reported as one line."""
+    (through sys.excepthook, threading.excepthook or sys.unraisablehook) one "Event loop is closed" traceback
+    each: noise, since the cause is reported as one line. The hooks below drop those, and only those."""
+    return type(value) is RuntimeError and str(value) == "Event loop is closed"
 
+
+def _quiet_closed_event_loop(hook):
     def excepthook(kind, value, tb):
-        if kind is RuntimeError and str(value) == "Event loop is closed":
-            return
-        hook(kind, value, tb)
+        if not _closed_event_loop(value):
+            hook(kind, value, tb)
 
     return excepthook
 
 
 def _quiet_closed_event_loop_thread(hook):
     def excepthook(args):
-        if args.exc_type is RuntimeError and str(args.exc_value) == "Event loop is closed":
-            return
-        hook(args)
+        if not _closed_event_loop(args.exc_value):
+            hook(args)
 
     return excepthook
 
 
 def _quiet_closed_event_loop_unraisable(hook):
     def unraisablehook(unraisable):
-        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
-            return
-        hook(unraisable)
+        if not _closed_event_loop(unraisable.exc_value):
+            hook(unraisable)
 
     return unraisablehook
 

@@ -336,8 +336,11 @@ def plan(model: str, topology: str, *, variant: str = "lora", rank: int = 16, ta
     topology_spec = topo_lib.local() if topology == "local" else topo_lib.get(topology)
     rows, length = parse_batch(batch)
     hf_config = model_config(model, layers)
-    config = run_config(model, hf_config, variant=variant, rank=rank, targets=targets, batch=(rows, length),
-                        quant=quant, remat=remat, scan=scan, mesh=mesh, dtype=dtype, quant_block_size=quant_block_size)
+    def config_for(hf, scan):
+        return run_config(model, hf, variant=variant, rank=rank, targets=targets, batch=(rows, length), quant=quant,
+                          remat=remat, scan=scan, mesh=mesh, dtype=dtype, quant_block_size=quant_block_size)
+
+    config = config_for(hf_config, scan)
     if topology == "local":
         devices, kind = jax.devices(), f"local {jax.default_backend()}"
     else:
@@ -350,10 +353,7 @@ def plan(model: str, topology: str, *, variant: str = "lora", rank: int = 16, ta
     if scan and layers_deep > 1 and result.compiled is not None:
         def slice_cost(n):
             sliced = model_config(model, n)
-            unrolled = run_config(model, sliced, variant=variant, rank=rank, targets=targets, batch=(rows, length),
-                                  quant=quant, remat=remat, scan=False, mesh=mesh, dtype=dtype,
-                                  quant_block_size=quant_block_size)
-            return _compile(abstract_run(unrolled, sliced, devices), kind)[0].cost
+            return _compile(abstract_run(config_for(sliced, False), sliced, devices), kind)[0].cost
 
         result = result._replace(cost=_scanned_cost(result.cost, layers_deep, slice_cost))
     total = result.per_chip["total"]
@@ -380,13 +380,12 @@ def plan(model: str, topology: str, *, variant: str = "lora", rank: int = 16, ta
             compute_s = float(flops_chip) / topology_spec.peak_flops
             memory_s = float(cost["bytes accessed"]) / topology_spec.hbm_bandwidth
             mfu, mfu_basis = compute_s / max(compute_s, memory_s), "roofline"
-    frozen_count = _count(models.abstract_params(run.module))  # the model's numbers, quantized or trained in full
     return Plan(
         model=model, topology=topology_spec.name, compiled_for=kind, mesh=dict(run.mesh.shape), batch=(rows, length),
         fits=fits, hbm_bytes=hbm, per_chip_bytes=result.per_chip, argument_bytes=result.argument_bytes,
         compile_s=result.compile_s, flops=None if flops_chip is None else float(flops_chip) * len(devices),
         flops_per_chip=None if flops_chip is None else float(flops_chip), optimal_seconds=optimal, mfu=mfu, mfu_basis=mfu_basis,
-        matmul_form=form, params={"frozen": frozen_count, "trainable": _count(run.state.trainable),
+        matmul_form=form, params={"frozen": run.model_params, "trainable": _count(run.state.trainable),
                                   **dict(zip(("quantized_kernel_bytes", "kernel_bytes_unquantized"),
                                              quantized_kernel_bytes(run)))},
         quantized_leaves=_quant_counts(run.frozen),

@@ -10,6 +10,7 @@ every sharding (:func:`jaxlora.training.assembly.state_shardings`). Nothing is a
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from typing import Any, Mapping, NamedTuple
@@ -156,6 +157,7 @@ class AbstractRun(NamedTuple):
     optimizer: Any
     mesh: jax.sharding.Mesh
     shardings: Any
+    model_params: int  # the model's numbers, whether frozen, quantized or trained in full
 
 
 def _float32(tree):
@@ -187,6 +189,7 @@ def abstract_run(config, hf_config, devices) -> AbstractRun:
     model_cfg = models.build.task_config(hf_config, task_name, head.get("num_labels"))
     module = models.build_module(model_cfg, task_name, **assembly.model_options(config))
     frozen = models.abstract_params(module)
+    model_params = int(sum(math.prod(x.shape) for x in jax.tree.leaves(frozen)))
     method = method_from_config(config, module)  # a scanned model's adapter config names its layer stacks
     adapter = jax.eval_shape(lambda key: method.initial(key, frozen), jax.random.key(0))
     frozen = _quantized(config, frozen, adapter, models.layer_stacks(module))
@@ -209,4 +212,4 @@ def abstract_run(config, hf_config, devices) -> AbstractRun:
     batch = _abstract_batch(task, int(rows), int(length))
     # The step's frozen argument, as training passes it: none for full fine-tuning (all of it is trained).
     frozen = method.device_frozen(frozen)
-    return AbstractRun(config, task, method, module, frozen, state, batch, optimizer, mesh, shardings)
+    return AbstractRun(config, task, method, module, frozen, state, batch, optimizer, mesh, shardings, model_params)

@@ -185,14 +185,10 @@ def state_shardings(config, mesh, module, method: TrainingMethod, frozen, traina
     rep = sh.replicated(mesh)
     opt_shapes = jax.eval_shape(optimizer.init, trainable)
     # A scanned model's optimiser keeps its moments stacked (optim.over_layer_stacks): they are placed
-    # like the factors they follow, with the layer axis unsplit.
+    # like the factors they follow, with the layer axis unsplit. Unscanned, the layout is the tree itself.
     stacks = models.layer_stacks(module)
     stack = lambda tree: optim.stacked_lowrank(tree, stacks)[0]  # noqa: E731
-    stacked_trainable = jax.eval_shape(stack, trainable)
-    if jax.tree.structure(stacked_trainable) != jax.tree.structure(trainable):
-        opt_sh = sh.like_params(opt_shapes, stacked_trainable, sh.stacked_like(trainable_sh, stack), mesh)
-    else:
-        opt_sh = sh.like_params(opt_shapes, trainable, trainable_sh, mesh)
+    opt_sh = sh.like_params(opt_shapes, jax.eval_shape(stack, trainable), sh.stacked_like(trainable_sh, stack), mesh)
     state_sh = TrainState(step=rep, trainable=trainable_sh, fixed=fixed_sh, opt_state=opt_sh, rng=rep)
     # The whole frozen tree, or nothing (full fine-tuning: the model lives in the trainable state).
     frozen_sh = full_sh if method.device_frozen(frozen) else {}

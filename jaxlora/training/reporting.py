@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import jax
 import numpy as np
